@@ -1,0 +1,58 @@
+"""The VQ-f4 autoencoder: a diffusers ``VQModel`` with the official quantiser distance (SPEC §2.3).
+
+``vae.encode(x).latents`` is the official ``encode`` (encoder + quant_conv, not quantised) and
+``vae.decode(h).sample`` quantises first, as the official ``decode_first_stage``.
+
+Why a quantiser subclass: diffusers picks codes by ``argmin(cdist(z, e))`` while the official taming
+``VectorQuantizer2`` uses ``argmin(|z|² + |e|² − 2 z·e)``. The two round differently, so at near-ties the
+chosen code can differ (2 in 262,144 random latents, ../shared/compat/DIFFUSERS.md). Keeping the official
+formula makes indices tie-exact; parameters and state-dict keys are diffusers' own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import VQModel
+from diffusers.models.autoencoders.vae import VectorQuantizer
+
+
+class OfficialVectorQuantizer(VectorQuantizer):
+    """diffusers' ``VectorQuantizer`` with the official (taming, legacy) nearest-code distance."""
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        z = z.permute(0, 2, 3, 1).contiguous()
+        flat = z.view(-1, self.vq_embed_dim)
+        codebook = self.embedding.weight
+        dist = (
+            flat.pow(2).sum(dim=1, keepdim=True)
+            + codebook.pow(2).sum(dim=1)
+            - 2 * torch.einsum("bd,dn->bn", flat, codebook.t())
+        )
+        indices = torch.argmin(dist, dim=1)
+        z_q = self.embedding(indices).view(z.shape)
+        if self.legacy:
+            loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
+        else:
+            loss = self.beta * torch.mean((z_q.detach() - z) ** 2) + torch.mean((z_q - z.detach()) ** 2)
+        z_q = z + (z_q - z).detach()  # straight-through, as the official code
+        z_q = z_q.permute(0, 3, 1, 2).contiguous()
+        if self.sane_index_shape:
+            indices = indices.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
+        else:
+            indices = indices.reshape(-1, 1)
+        return z_q, loss, (None, None, indices)
+
+
+def use_official_quantizer(vae: VQModel) -> VQModel:
+    """Switch ``vae.quantize`` to the official distance in place (same parameters and keys)."""
+    if vae.quantize.remap is not None:
+        raise ValueError("index remapping is not used by ZoomLDM's VQ-f4")
+    vae.quantize.__class__ = OfficialVectorQuantizer
+    return vae
+
+
+def build_vae(config: dict[str, Any]) -> VQModel:
+    """A randomly initialised VQ-f4 with the given diffusers config (``ZoomLDMConfig.vae``)."""
+    return use_official_quantizer(VQModel(**config))
