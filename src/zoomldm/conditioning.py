@@ -70,6 +70,11 @@ def load_ssl_grid(path: str | Path, channels: int | None = None) -> torch.Tensor
         arr = arr[:, None, None]
     elif arr.dim() == 2:
         a, b = arr.shape
+        if channels is not None and channels not in (a, b):
+            raise ZoomLDMError(
+                f"{path.name}: array of shape {[a, b]} has no axis of {channels} channels; the model expects "
+                f"{channels} (one embedding of its SSL encoder per 256² base tile)"
+            )
         channels_first = channels == a if channels is not None else a > b
         if not channels_first:
             arr = arr.t()

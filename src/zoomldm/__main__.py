@@ -1,0 +1,5 @@
+"""``python -m zoomldm`` = the ``zoomldm`` command."""
+
+from .cli import main
+
+main()

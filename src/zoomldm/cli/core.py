@@ -1,0 +1,175 @@
+"""Core commands: ``convert``, ``sample`` and ``demo`` (the README's main job)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+DEFAULT_CHECKPOINT = "StonyBrook-CVLab/ZoomLDM/brca"
+CHECKPOINT_ENV = "ZOOMLDM_CHECKPOINT"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert)
+    app.command("sample")(sample)
+    app.command("demo")(demo)
+
+
+def convert(
+    checkpoint: Path = typer.Argument(..., help="official CompVis-format checkpoint (.ckpt / .safetensors)"),
+    out_dir: Path = typer.Argument(..., help="output directory in our format (safetensors + config)"),
+    config: str = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="preset (brca, naip) or the authors' yaml; default: "
+        "config.yaml beside the checkpoint, else recognised from the weights",
+    ),
+    live: bool = typer.Option(False, "--live", help="keep the live UNet weights instead of the EMA ones"),
+) -> None:
+    """Convert an official checkpoint into our format (loads without conversion afterwards)."""
+    from ..checkpoints import file_sha256
+    from ..pipeline import ZoomLDMPipeline
+
+    pipe = ZoomLDMPipeline.from_official(checkpoint, config=config, ema=not live)
+    pipe.save_pretrained(out_dir, extra={"converted_from_sha256": file_sha256(checkpoint)})
+    typer.echo(
+        f"wrote {out_dir} ({pipe.config.preset or 'yaml'} architecture, {'live' if live else 'EMA'} UNet)"
+    )
+
+
+def sample(
+    checkpoint: str = typer.Option(
+        None,
+        "--checkpoint",
+        help=f"our format dir, an official file, or a hub id "
+        f"(default: ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT})",
+    ),
+    config: str = typer.Option(None, "--config", "-c", help="preset or yaml for an official checkpoint"),
+    magnification: str = typer.Option(
+        ..., "--magnification", "-m", help="e.g. 20x, 5x, 2.5x, 1.25x (2_5x also accepted)"
+    ),
+    ssl: Path = typer.Option(None, "--ssl", help="SSL embedding grid (.npy/.pt/.safetensors, C×h×w)"),
+    reference: Path = typer.Option(
+        None,
+        "--reference",
+        help="reference image region at base resolution; its 256² tiles are embedded by --encoder",
+    ),
+    encoder: str = typer.Option(
+        "uni", "--encoder", help="SSL encoder for --reference (uni, dinov2, timm:<name>)"
+    ),
+    encoder_weights: str = typer.Option(
+        None,
+        "--encoder-weights",
+        help="local weights file for --encoder ('random' keeps random weights: smoke tests only)",
+    ),
+    n: int = typer.Option(4, "--n", help="number of patches"),
+    steps: int = typer.Option(50, "--steps", help="denoising steps"),
+    guidance: float = typer.Option(
+        2.0, "--guidance", help="s in e_u + s(e_c − e_u); 1 = none; the authors use 2"
+    ),
+    scheduler: str = typer.Option("ddim", "--scheduler", help="ddim, plms or dpm++"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1, …"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16"),
+    live: bool = typer.Option(False, "--live", help="use the live UNet weights of an official checkpoint"),
+    out: Path = typer.Option(Path("outputs/samples"), "--out", help="output directory"),
+) -> None:
+    """Generate N patches at a magnification, conditioned on SSL embeddings or a reference image."""
+    from ..conditioning import load_ssl_grid
+    from ..errors import ZoomLDMError
+    from ..pipeline import ZoomLDMPipeline
+
+    if (ssl is None) == (reference is None):
+        raise ZoomLDMError("give exactly one of --ssl FILE or --reference IMAGE")
+    for path in (ssl, reference, Path(encoder_weights) if encoder_weights not in (None, "random") else None):
+        if path is not None and not path.exists():
+            raise ZoomLDMError(f"file not found: {path}")
+    device = resolve_device(device)
+    pipe = ZoomLDMPipeline.from_pretrained(
+        _checkpoint(checkpoint), config=config, ema=not live, device=device, dtype=dtype
+    )
+    mag = pipe.magnification(magnification)
+    if ssl is not None:
+        grid = load_ssl_grid(ssl, channels=pipe.config.ssl_channels)
+    else:
+        grid = _embed_reference(reference, encoder, encoder_weights, device, pipe.config.ssl_channels)
+    result = pipe(
+        ssl=grid,
+        magnification=mag,
+        num_images=n,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        scheduler=scheduler,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    _write_patches(out, result)
+
+
+def _embed_reference(path: Path, encoder: str, weights: str | None, device: str, channels: int):
+    import numpy as np
+    from PIL import Image
+
+    from ..data.encoders import build_encoder, encode_region_grid
+    from ..errors import ZoomLDMError
+
+    image = np.asarray(Image.open(path).convert("RGB"))
+    if image.shape[0] % 256 or image.shape[1] % 256:
+        raise ZoomLDMError(
+            f"{path.name} is {image.shape[1]}×{image.shape[0]}; a reference region must be a "
+            "multiple of 256 px at base resolution (one embedding per 256² tile)"
+        )
+    enc = build_encoder(encoder, weights=weights, device=device)
+    if enc.dim != channels:
+        raise ZoomLDMError(f"encoder {encoder} gives {enc.dim}-d embeddings, the model expects {channels}")
+    return encode_region_grid(enc, image).cpu()
+
+
+def _write_patches(out: Path, result) -> None:
+    from ..io.images import contact_sheet, save_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(result.images):
+        save_png(out / f"patch_{i:04d}.png", image, dict(result.settings, index=i))
+    save_png(
+        out / "contact_sheet.png",
+        contact_sheet(list(result.images), ncols=min(8, len(result.images))),
+        result.settings,
+    )
+    typer.echo(f"wrote {len(result.images)} patches and contact_sheet.png to {out}")
+
+
+def demo(
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help=f"default: ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT}"
+    ),
+    out: Path = typer.Option(Path("outputs/demo"), "--out"),
+    steps: int = typer.Option(None, "--steps", help="default 50 (10 for the random stand-in model)"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1, …"),
+) -> None:
+    """The main job: patches at every magnification from a real image's embeddings, then a large image.
+
+    With no trained checkpoint reachable (offline), it says so in one line and runs the same pipeline on
+    a small randomly initialised model of the same architecture, so every stage runs and writes its files.
+    """
+    from ..demo import run_demo
+
+    run_demo(_checkpoint(checkpoint), out, steps=steps, seed=seed, device=resolve_device(device))
+
+
+def _checkpoint(value: str | None) -> str:
+    return value or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
