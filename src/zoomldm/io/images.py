@@ -1,0 +1,139 @@
+"""PNG output with provenance, and contact sheets of patches.
+
+Every PNG the package writes carries its provenance as PNG text chunks (DESIGN "Outputs carry their
+provenance"): one ``tEXt`` chunk per metadata key (strings as is, everything else as JSON), a
+``zoomldm`` chunk with the whole record as JSON (settings, seed, package version), and ``Software``.
+:func:`read_png_metadata` gives the record back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ZoomLDMError
+
+PROVENANCE_KEY = "zoomldm"
+
+
+def package_version() -> str:
+    """The installed ``zoomldm`` version (``"unknown"`` when run from a source tree without metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zoomldm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def provenance(metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``metadata`` plus the package version under ``zoomldm_version`` (the record every output carries)."""
+    record = dict(metadata or {})
+    record.setdefault("zoomldm_version", package_version())
+    return record
+
+
+def as_uint8_hwc(image: Any, what: str = "image") -> np.ndarray:
+    """Check that ``image`` is a ``uint8`` array of shape ``[H, W, 3]`` (or ``[H, W]``/``[H, W, 1|4]``)."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ZoomLDMError(f"{what} must be uint8 (0..255), got dtype {array.dtype}")
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ZoomLDMError(f"{what} must be HxWxC with C in 1, 3, 4 (channels last), got shape {array.shape}")
+    return array
+
+
+def _text_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def save_png(
+    path: str | os.PathLike[str], image: np.ndarray, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``image`` (``uint8`` HWC) as a PNG whose text chunks carry ``metadata`` and the package version.
+
+    The file is written to a temporary name in the same folder and renamed into place, so an interrupted
+    run never leaves a truncated PNG. Returns the path written.
+    """
+    from PIL import Image, PngImagePlugin
+
+    array = as_uint8_hwc(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    record = provenance(metadata)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", f"zoomldm {record['zoomldm_version']}")
+    for key, value in record.items():
+        if not 1 <= len(str(key)) <= 79 or key in ("Software", PROVENANCE_KEY):
+            raise ZoomLDMError(
+                f"metadata key {key!r} must be 1-79 characters and not 'Software' or 'zoomldm'"
+            )
+        info.add_text(str(key), _text_value(value))
+    info.add_text(PROVENANCE_KEY, json.dumps(record, sort_keys=True, default=str))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(array).save(handle, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The provenance record :func:`save_png` wrote into ``path`` (empty when the PNG has none)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = dict(getattr(image, "text", {}))
+    if PROVENANCE_KEY in text:
+        return json.loads(text[PROVENANCE_KEY])
+    return {}
+
+
+def contact_sheet(
+    images: Sequence[np.ndarray], ncols: int, padding: int = 0, background: int = 255
+) -> np.ndarray:
+    """Arrange ``images`` (each ``uint8`` HWC) row-major in a grid with ``ncols`` columns.
+
+    Cells have the size of the largest image; smaller images sit at the cell's top-left corner. The last
+    row is filled with ``background``. ``padding`` pixels of ``background`` separate the cells (none at the
+    outer border). Grayscale images are repeated to RGB; RGBA images keep their alpha only when all are RGBA.
+    """
+    if ncols < 1:
+        raise ZoomLDMError(f"ncols must be at least 1, got {ncols}")
+    if padding < 0:
+        raise ZoomLDMError(f"padding must be >= 0, got {padding}")
+    if len(images) == 0:
+        raise ZoomLDMError("contact_sheet needs at least one image")
+    arrays = [as_uint8_hwc(image, f"image {i}") for i, image in enumerate(images)]
+    arrays = [a[:, :, None] if a.ndim == 2 else a for a in arrays]
+    channels = 4 if all(a.shape[2] == 4 for a in arrays) else 3
+    arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a[:, :, :channels] for a in arrays]
+
+    cell_h = max(a.shape[0] for a in arrays)
+    cell_w = max(a.shape[1] for a in arrays)
+    ncols = min(ncols, len(arrays))
+    nrows = -(-len(arrays) // ncols)
+    sheet = np.full(
+        (nrows * cell_h + (nrows - 1) * padding, ncols * cell_w + (ncols - 1) * padding, channels),
+        background,
+        dtype=np.uint8,
+    )
+    for i, array in enumerate(arrays):
+        row, col = divmod(i, ncols)
+        y, x = row * (cell_h + padding), col * (cell_w + padding)
+        sheet[y : y + array.shape[0], x : x + array.shape[1]] = array
+    return sheet

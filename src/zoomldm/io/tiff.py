@@ -1,0 +1,386 @@
+"""Pyramidal TIFF output written band by band: generic tiled TIFF (OpenSlide/TRIDENT/CLAM) or OME-TIFF.
+
+Layout (CONVENTIONS "Large images"):
+
+* **generic tiled TIFF** (default): 256×256 tiles, JPEG or lossless (zlib/deflate) compression, the full
+  resolution first, each 2× reduced level as a further page with ``subfiletype=1`` (no subIFDs),
+  resolution tags in pixels per centimetre (``xres = 1 / (mpp·1e-4)``), ImageDescription = provenance JSON.
+  OpenSlide reads it as "generic-tiff" with ``openslide.mpp-x`` from the resolution tags.
+* **OME-TIFF** (``ome=True``): the reduced levels are subIFDs of the full-resolution page and OME-XML
+  carries ``PhysicalSizeX/Y`` in µm (QuPath, Bio-Formats); the provenance JSON is the image Description.
+
+Memory: :class:`PyramidalTiffWriter` accepts rows in order (``write_rows``, e.g. from
+:func:`zoomldm.sampling.decode.decode_large_to`). Full-resolution tiles go to tifffile as soon as a band of
+one tile height is complete (tifffile pulls them from a generator running in a writer thread), so the
+full-resolution image is never held. Because every page must be written after the previous one, the
+reduced levels (1/3 of the full-resolution pixels in all) are built band by band as rows arrive and are
+spooled to temporary memory-mapped files beside the output, then written tile by tile at ``close()``.
+The TIFF is written to a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ZoomLDMError
+from .images import as_uint8_hwc, provenance
+
+COMPRESSIONS = {"jpeg": "jpeg", "zlib": "zlib", "deflate": "zlib", "none": None}
+_END = object()
+_ABORT = object()
+
+
+def level_shapes(
+    height: int, width: int, tile_size: int = 256, levels: int | None = None
+) -> list[tuple[int, int]]:
+    """Sizes of the pyramid levels: each level halves the previous one (rounding up, so no edge pixel is
+    lost); by default levels are added until the image fits in one tile."""
+    shapes = [(height, width)]
+    while (levels is None and max(shapes[-1]) > tile_size) or (levels is not None and len(shapes) < levels):
+        h, w = shapes[-1]
+        if h == 1 and w == 1:
+            break
+        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
+    return shapes
+
+
+def _band_tiles(band: np.ndarray, tile_size: int) -> Iterator[np.ndarray]:
+    """The tiles of one band of rows, left to right; edge tiles are padded by repeating the edge pixels
+    (zero padding would put a black border inside JPEG blocks and bleed into the visible edge)."""
+    for x in range(0, band.shape[1], tile_size):
+        tile = band[:, x : x + tile_size]
+        if tile.shape[0] != tile_size or tile.shape[1] != tile_size:
+            pad = ((0, tile_size - tile.shape[0]), (0, tile_size - tile.shape[1]), (0, 0))
+            tile = np.pad(tile, pad, mode="edge")
+        yield np.ascontiguousarray(tile)
+
+
+def _halve(rows: np.ndarray) -> np.ndarray:
+    """2×2 box average of an even number of rows (odd width: the last column is averaged with itself)."""
+    if rows.shape[1] % 2:
+        rows = np.concatenate([rows, rows[:, -1:]], axis=1)
+    n, w = rows.shape[0] // 2, rows.shape[1] // 2
+    blocks = rows.reshape(n, 2, w, 2, rows.shape[2]).astype(np.uint16)
+    return ((blocks.sum(axis=(1, 3)) + 2) // 4).astype(np.uint8)
+
+
+class _Reducer:
+    """Builds one reduced level from the rows of the level above, as they arrive, into a memory map."""
+
+    def __init__(self, store: np.ndarray) -> None:
+        self.store = store
+        self.pending: np.ndarray | None = None  # an odd row left over from the previous chunk
+        self.next_row = 0
+
+    def push(self, rows: np.ndarray) -> np.ndarray:
+        """Add rows of the level above; return the reduced rows completed by them (also stored)."""
+        if self.pending is not None:
+            rows = np.concatenate([self.pending, rows])
+            self.pending = None
+        if rows.shape[0] % 2:
+            self.pending, rows = rows[-1:].copy(), rows[:-1]
+        return self._store(_halve(rows)) if rows.shape[0] else self._empty()
+
+    def finish(self) -> np.ndarray:
+        """After the last row: an odd row left over is averaged with itself (the height rounds up)."""
+        if self.pending is None:
+            return self._empty()
+        last, self.pending = np.concatenate([self.pending, self.pending]), None
+        return self._store(_halve(last))
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, *self.store.shape[1:]), np.uint8)
+
+    def _store(self, reduced: np.ndarray) -> np.ndarray:
+        self.store[self.next_row : self.next_row + reduced.shape[0]] = reduced
+        self.next_row += reduced.shape[0]
+        return reduced
+
+
+class PyramidalTiffWriter:
+    """Write a pyramidal tiled TIFF from rows that arrive in order, with memory bounded by one tile band.
+
+    Use as a context manager (an exception inside the block removes the partial output)::
+
+        with PyramidalTiffWriter("out.tif", height, width, mpp=0.5, metadata={"seed": 0}) as tif:
+            decode_large_to(vae, latent, tif)
+
+    Args:
+        path: output file (``.tif``/``.tiff``; ``.ome.tif`` for OME-TIFF is conventional).
+        height, width: full-resolution size in pixels.
+        mpp: micrometres per pixel at full resolution (written as resolution tags in px/cm and, for
+            OME-TIFF, as ``PhysicalSizeX/Y``); ``None`` writes no physical size.
+        compression: ``"jpeg"`` (default), ``"zlib"`` / ``"deflate"`` (lossless), or ``"none"``.
+        quality: JPEG quality 1-100.
+        tile_size: tile edge in pixels (a multiple of 16; 256 is what slide readers expect).
+        ome: write OME-TIFF (reduced levels as subIFDs) instead of the generic tiled TIFF.
+        metadata: provenance record (settings, seed, …) stored as JSON with the package version.
+        levels: number of pyramid levels (default: halve until the image fits in one tile).
+        bigtiff: force BigTIFF on/off (default: on when the raw image exceeds 2 GiB).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        height: int,
+        width: int,
+        *,
+        mpp: float | None = None,
+        compression: str = "jpeg",
+        quality: int = 90,
+        tile_size: int = 256,
+        ome: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        levels: int | None = None,
+        bigtiff: bool | None = None,
+    ) -> None:
+        import tifffile
+
+        if height < 1 or width < 1:
+            raise ZoomLDMError(f"TIFF size must be positive, got {height}x{width}")
+        if compression not in COMPRESSIONS:
+            raise ZoomLDMError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        if not 1 <= quality <= 100:
+            raise ZoomLDMError(f"JPEG quality must be 1-100, got {quality}")
+        if tile_size < 16 or tile_size % 16:
+            raise ZoomLDMError(f"tile size must be a positive multiple of 16, got {tile_size}")
+        if mpp is not None and not mpp > 0:
+            raise ZoomLDMError(f"mpp (µm per pixel) must be > 0, got {mpp}")
+        if levels is not None and levels < 1:
+            raise ZoomLDMError(f"levels must be >= 1, got {levels}")
+
+        self.path = Path(path)
+        self.height, self.width, self.tile_size, self.mpp, self.ome = height, width, tile_size, mpp, ome
+        self.compression, self.quality = COMPRESSIONS[compression], quality
+        self.shapes = level_shapes(height, width, tile_size, levels)
+        self.record = provenance(metadata)
+        self.record.setdefault("mpp", mpp)
+
+        # 1. temporary output and spool for the reduced levels, in the output's folder (same file system)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self._spool = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.levels-", dir=self.path.parent))
+        self._stores = [
+            np.lib.format.open_memmap(
+                self._spool / f"level{k}.npy", mode="w+", dtype=np.uint8, shape=(h, w, 3)
+            )
+            for k, (h, w) in enumerate(self.shapes[1:], start=1)
+        ]
+        self._reducers = [_Reducer(store) for store in self._stores]
+
+        # 2. the full-resolution page is written by tifffile in a thread, pulling bands from a short queue
+        if bigtiff is None:
+            bigtiff = height * width * 3 > 2**31
+        self._tif = tifffile.TiffWriter(self._tmp, bigtiff=bigtiff, ome=ome)
+        self._band = np.empty((tile_size, width, 3), np.uint8)
+        self._band_rows = 0
+        self._next_row = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_level0, name="zoomldm-tiff-writer", daemon=True)
+        self._thread.start()
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    @property
+    def rows_written(self) -> int:
+        """Full-resolution rows received so far."""
+        return self._next_row
+
+    def write_rows(self, y: int, rows: np.ndarray) -> None:
+        """Append full-resolution rows ``[n, width, 3]`` (uint8) starting at row ``y`` (rows come in order)."""
+        rows = as_uint8_hwc(rows, "rows")
+        if self._closed:
+            raise ZoomLDMError(f"{self.path.name}: the writer is closed")
+        if rows.ndim != 3 or rows.shape[1:] != (self.width, 3):
+            raise ZoomLDMError(f"rows must be [n, {self.width}, 3] uint8 RGB, got shape {rows.shape}")
+        if y != self._next_row:
+            raise ZoomLDMError(f"rows must arrive in order: expected row {self._next_row}, got {y}")
+        if y + rows.shape[0] > self.height:
+            raise ZoomLDMError(f"rows {y}..{y + rows.shape[0]} exceed the image height {self.height}")
+        self._next_row += rows.shape[0]
+        start = 0
+        while start < rows.shape[0]:
+            take = min(self.tile_size - self._band_rows, rows.shape[0] - start)
+            self._band[self._band_rows : self._band_rows + take] = rows[start : start + take]
+            self._band_rows += take
+            start += take
+            if self._band_rows == self.tile_size or (
+                self._next_row == self.height and start == rows.shape[0]
+            ):
+                self._put(self._band[: self._band_rows].copy())
+                self._band_rows = 0
+        reduced = rows
+        for reducer in self._reducers:
+            reduced = reducer.push(reduced)
+
+    def close(self) -> Path:
+        """Finish the file: complete the full-resolution page, write the reduced levels, rename into place."""
+        if self._closed:
+            return self.path
+        try:
+            if self._next_row != self.height:
+                raise ZoomLDMError(
+                    f"{self.path.name}: received {self._next_row} of {self.height} rows; the image is incomplete"
+                )
+            self._put(_END)
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            carry = np.zeros((0, self.width, 3), np.uint8)
+            for reducer in self._reducers:  # odd heights leave one row per level to pair with itself
+                carry = np.concatenate([reducer.push(carry), reducer.finish()])
+            for level, store in enumerate(self._stores, start=1):
+                self._write_page(level, self._store_tiles(store))
+            self._tif.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._cleanup()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and remove the partial output (called automatically on errors)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            try:
+                self._queue.put(_ABORT, timeout=5)
+            except queue.Full:
+                pass
+            self._thread.join(timeout=30)
+        try:
+            self._tif.close()
+        except Exception:  # the file is discarded anyway; a failed flush of a partial page does not matter
+            pass
+        self._tmp.unlink(missing_ok=True)
+        self._cleanup()
+
+    def __enter__(self) -> PyramidalTiffWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _put(self, item: Any) -> None:
+        while True:  # back-pressure: wait for tifffile, but never forever on a dead writer thread
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise self._error or ZoomLDMError("the TIFF writer thread stopped") from None
+
+    def _queued_tiles(self) -> Iterator[np.ndarray]:
+        for _ in range(math.ceil(self.height / self.tile_size)):
+            band = self._queue.get()
+            if band is _ABORT or band is _END:
+                raise ZoomLDMError("TIFF writing was stopped before the image was complete")
+            yield from _band_tiles(band, self.tile_size)
+
+    def _store_tiles(self, store: np.ndarray) -> Iterator[np.ndarray]:
+        for y in range(0, store.shape[0], self.tile_size):
+            yield from _band_tiles(np.array(store[y : y + self.tile_size]), self.tile_size)
+
+    def _write_level0(self) -> None:
+        try:
+            self._write_page(0, self._queued_tiles())
+            if self._queue.get() is not _END:  # wait for close() (or abort) before the main thread goes on
+                raise ZoomLDMError("TIFF writing was stopped")
+        except BaseException as err:  # handed to the main thread by _put/close
+            self._error = err
+
+    def _write_page(self, level: int, tiles: Iterator[np.ndarray]) -> None:
+        height, width = self.shapes[level]
+        kwargs: dict[str, Any] = {
+            "shape": (height, width, 3),
+            "dtype": np.uint8,
+            "photometric": "rgb",
+            "tile": (self.tile_size, self.tile_size),
+            "compression": self.compression,
+            "software": f"zoomldm {self.record['zoomldm_version']}",
+            # tifffile's parallel encoder gathers `buffersize` bytes of tiles before encoding them (256 MiB
+            # by default); one band of tiles keeps memory bounded by the band
+            "buffersize": self.tile_size**2 * 3 * math.ceil(width / self.tile_size),
+        }
+        if self.compression == "jpeg":
+            kwargs["compressionargs"] = {"level": self.quality}
+        elif self.compression == "zlib":
+            kwargs["predictor"] = True
+        if self.mpp is not None:
+            # pixels per centimetre at this level (each level's pixels cover a larger physical size)
+            scale_y, scale_x = self.height / height, self.width / width
+            kwargs["resolution"] = (1e4 / (self.mpp * scale_x), 1e4 / (self.mpp * scale_y))
+            kwargs["resolutionunit"] = "CENTIMETER"
+        description = json.dumps(self.record, sort_keys=True, default=str)
+        if level == 0:
+            if self.ome:
+                ome: dict[str, Any] = {
+                    "axes": "YXS",
+                    "Name": self.path.name.split(".")[0],
+                    "Description": description,
+                }
+                if self.mpp is not None:
+                    ome.update(PhysicalSizeX=self.mpp, PhysicalSizeXUnit="µm")
+                    ome.update(PhysicalSizeY=self.mpp, PhysicalSizeYUnit="µm")
+                kwargs.update(metadata=ome, subifds=len(self.shapes) - 1)
+            else:
+                kwargs.update(metadata=None, description=description)
+        else:
+            kwargs.update(metadata=None, subfiletype=1)
+        self._tif.write(tiles, **kwargs)
+
+    def _cleanup(self) -> None:
+        self._stores.clear()
+        self._reducers.clear()
+        shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def write_tiff(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    *,
+    mpp: float | None = None,
+    band_rows: int = 1024,
+    **options: Any,
+) -> Path:
+    """Write an in-memory ``uint8`` HWC image (or a memory-mapped array) as a pyramidal TIFF.
+
+    ``options`` are those of :class:`PyramidalTiffWriter` (compression, quality, tile_size, ome, metadata,
+    levels, bigtiff). The image is fed to the writer in bands of ``band_rows`` rows.
+    """
+    array = as_uint8_hwc(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] != 3:
+        if array.shape[2] == 1:
+            array = np.repeat(array, 3, axis=2)
+        else:
+            array = array[:, :, :3]  # RGBA → RGB (slide readers expect RGB)
+    with PyramidalTiffWriter(path, array.shape[0], array.shape[1], mpp=mpp, **options) as writer:
+        for y in range(0, array.shape[0], band_rows):
+            writer.write_rows(y, np.ascontiguousarray(array[y : y + band_rows]))
+    return Path(path)
