@@ -1,0 +1,460 @@
+"""``zoomldm prepare``: a folder of slides or large images → one multi-scale training store.
+
+Design (what runs where):
+
+1. **Setup**, rank 0 first (``accelerate``'s ``main_process_first`` when ``WORLD_SIZE > 1``): create
+   the store, or reopen it, check that it was made with the same settings, cut back any half-done
+   commit, and start a new *run* number.
+2. **Work**: every rank takes slides ``rank, rank + world_size, …`` of the sorted list and skips those
+   already committed or with a complete part. Each slide is turned into its own part group
+   (:func:`~.extract.process_slide`) in-process or by ``workers`` local processes; a slide that fails is
+   recorded as failed (with this run's number) and the run goes on.
+3. **Commit**, rank 0 only: complete parts are appended to the level arrays strictly in slide order
+   (:class:`~.store.StoreWriter`), as soon as all earlier slides are resolved; rank 0 polls the store
+   for the other ranks' parts, so the store must be shared (network file system or object storage).
+
+Because parts are per slide and commits are ordered, the finished store holds the same samples in the
+same order whatever the crashes, worker count or number of ranks; with the same compute setup (device,
+threads per process) it is bitwise identical, e.g. after resuming a crashed run. (Model outputs computed
+with another thread count differ by float32 summation order, then float16 rounding.)
+
+``<store>.prepare.json`` beside the store records the settings, the models and every slide's counts or
+error (see :func:`settings_path`). Modules: inputs in :mod:`.slides`, one slide in :mod:`.extract`,
+in-process / worker execution in :mod:`.workers`, the layout and commit in :mod:`.store`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import zarr
+
+from ..errors import ZoomLDMError
+from ..scales import Magnification, scales_for
+from .encoders import SSLEncoder
+from .extract import ExtractionSettings, SlideSource
+from .slides import find_slides, slide_id
+from .store import (
+    STORE_FORMAT,
+    STORE_VERSION,
+    StoreWriter,
+    create_store,
+    delete_part,
+    normalize_url,
+    open_store,
+    part_status,
+)
+from .tiling import TILE
+from .workers import ProgressBars, run_slides
+
+__all__ = [
+    "PrepareReport",
+    "PrepareSettings",
+    "SlideReport",
+    "SlideSource",
+    "find_slides",
+    "prepare_dataset",
+    "rank_and_world",
+    "settings_path",
+    "slide_id",
+    "vae_fingerprint",
+]
+
+#: minimum content fraction of a region, per domain (pathology: tissue; satellite: valid data)
+DEFAULT_THRESHOLD = {"pathology": 0.5, "satellite": 0.95}
+#: base resolution per domain: 20x ≙ 0.5 µm/px; satellite images keep their native resolution
+DEFAULT_BASE_MPP = {"pathology": 0.5, "satellite": None}
+_UNIT = {"pathology": "um", "satellite": "m"}
+
+
+@dataclass
+class PrepareSettings:
+    """Options of a prepare run. Those in :meth:`identity` must stay the same to resume a store."""
+
+    domain: str = "pathology"
+    #: magnification names or indices (default: all levels of the domain)
+    levels: tuple[str | int, ...] | None = None
+    #: base resolution (µm/px or m/px); None = the domain default (0.5 µm/px; satellite: native)
+    base_mpp: float | None = None
+    #: minimum content fraction per region: one value or one per level; None = domain default
+    tissue_threshold: float | tuple[float, ...] | None = None
+    resampling: str = "lanczos"
+    save_jpeg: bool = False
+    jpeg_quality: int = 90
+    batch_size: int = 32
+    workers: int = 1
+    #: resolution override for every slide (a CSV ``mpp`` column overrides it per slide)
+    mpp: float | None = None
+    #: autocast dtype for the VQ encoder (e.g. torch.bfloat16 on GPU); None = float32
+    vae_dtype: str | None = None
+
+    def resolved_levels(self) -> tuple[Magnification, ...]:
+        scales = scales_for(self.domain)
+        if self.levels is None:
+            return tuple(scales)
+        chosen = sorted({scales.parse(v).index for v in self.levels})
+        return tuple(scales[i] for i in chosen)
+
+    def resolved_threshold(self) -> float | tuple[float, ...]:
+        t = DEFAULT_THRESHOLD[self.domain] if self.tissue_threshold is None else self.tissue_threshold
+        if isinstance(t, (int, float)):
+            if not 0 <= t <= 1:
+                raise ZoomLDMError(f"the tissue threshold is a fraction in [0, 1], got {t}")
+            return float(t)
+        t = tuple(float(v) for v in t)
+        if len(t) != len(self.resolved_levels()) or not all(0 <= v <= 1 for v in t):
+            raise ZoomLDMError(
+                f"give one tissue threshold in [0, 1] or one per level ({len(self.resolved_levels())})"
+            )
+        return t
+
+    def resolved_base_mpp(self) -> float | None:
+        return DEFAULT_BASE_MPP[self.domain] if self.base_mpp is None else float(self.base_mpp)
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that change the stored data (a resumed run must use the same)."""
+        return {
+            "domain": self.domain,
+            "levels": [m.name for m in self.resolved_levels()],
+            "base_mpp": self.resolved_base_mpp(),
+            "tissue_threshold": self.resolved_threshold(),
+            "resampling": self.resampling,
+            "save_jpeg": self.save_jpeg,
+            "jpeg_quality": self.jpeg_quality if self.save_jpeg else None,
+            "vae_dtype": self.vae_dtype,
+            "tile": TILE,
+        }
+
+    def validate(self) -> None:
+        if self.domain not in DEFAULT_THRESHOLD:
+            raise ZoomLDMError(f"unknown domain {self.domain!r}; expected pathology or satellite")
+        from .readers import RESAMPLING
+
+        if self.resampling not in RESAMPLING:
+            raise ZoomLDMError(
+                f"unknown resampling filter {self.resampling!r}; expected one of {sorted(RESAMPLING)}"
+            )
+        if self.batch_size < 1 or self.workers < 1:
+            raise ZoomLDMError("--batch-size and --workers must be at least 1")
+        self.resolved_threshold()
+
+
+@dataclass
+class SlideReport:
+    """What happened to one slide in this run."""
+
+    id: str
+    path: str
+    status: str  # "committed" (this run), "done" (in the store before), "failed", "pending" (another rank)
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class PrepareReport:
+    """Result of :func:`prepare_dataset`: per-slide outcomes and totals."""
+
+    store: str
+    rank: int
+    world_size: int
+    slides: list[SlideReport]
+    totals: dict[str, int]
+    seconds: float
+
+    @property
+    def failed(self) -> list[SlideReport]:
+        return [s for s in self.slides if s.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- model identity -----------------------------------------------------------------------------------
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    """sha256 of the encoder-side weights (``encoder.*``, ``quant_conv.*``): what determines the latents."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        if name.startswith(("encoder.", "quant_conv.")):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# -- ranks --------------------------------------------------------------------------------------------
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values, else ``RANK`` / ``WORLD_SIZE`` from the environment (torchrun, accelerate launch)."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    if not 0 <= rank < world:
+        raise ZoomLDMError(f"rank {rank} is outside 0..{world - 1}")
+    return rank, world
+
+
+def _main_process_first(world: int) -> contextlib.AbstractContextManager:
+    if world == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    # accelerate only sets up a CPU process group (gloo) when told to run on CPU
+    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def prepare_dataset(
+    slides: Sequence[SlideSource] | str | Path,
+    store: str | Path,
+    encoder: SSLEncoder,
+    vae: torch.nn.Module,
+    settings: PrepareSettings | None = None,
+    *,
+    vae_info: dict[str, Any] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_slide_done: Callable[[SlideReport], None] | None = None,
+    poll_seconds: float = 5.0,
+) -> PrepareReport:
+    """Prepare (or resume) a multi-scale store from slides with the given encoder and VQ autoencoder.
+
+    Args:
+        slides: :class:`SlideSource` list, or a folder (see :func:`find_slides`).
+        store: local path or fsspec URL of the zarr store (created when missing).
+        encoder: the SSL tile encoder (:func:`~.encoders.build_encoder`).
+        vae: the VQ-f4 autoencoder (a diffusers ``VQModel``; ``pipeline.vae``), on its device.
+        vae_info: provenance of the autoencoder (e.g. the checkpoint), written into the store.
+        rank, world_size: this process's shard (default: ``RANK`` / ``WORLD_SIZE``, else 0 / 1).
+        sync: context manager factory run around the setup, rank 0 first (default: accelerate's
+            ``main_process_first`` when ``world_size > 1``).
+        progress: show rich progress bars (see :mod:`zoomldm.progress`).
+        log: receives one line per finished slide (counts or error).
+        on_slide_done: called with each slide's report as soon as the slide is resolved (committed or
+            failed) on rank 0, or processed on other ranks.
+        poll_seconds: how often rank 0 looks for other ranks' finished parts.
+
+    Returns:
+        A :class:`PrepareReport`; failed slides are listed in it, they do not raise.
+    """
+    start_time = time.time()
+    settings = settings or PrepareSettings()
+    settings.validate()
+    sources = find_slides(slides, mpp=settings.mpp) if isinstance(slides, (str, Path)) else list(slides)
+    if settings.mpp is not None:
+        sources = [s if s.mpp is not None else SlideSource(s.id, s.path, settings.mpp) for s in sources]
+    rank, world = rank_and_world(rank, world_size)
+    levels = settings.resolved_levels()
+    url = normalize_url(store)
+    attrs = _store_attrs(settings, encoder, vae, vae_info)
+
+    with (sync or (lambda: _main_process_first(world)))():
+        root = _open_or_create(url, attrs, levels, encoder.dim, settings.save_jpeg, is_main=rank == 0)
+    writer = StoreWriter(root, levels)
+    run = int(root.attrs["run"])
+    extraction = ExtractionSettings(
+        levels=levels,
+        unit=_UNIT[settings.domain],
+        base_mpp=settings.resolved_base_mpp(),
+        threshold=settings.resolved_threshold(),
+        resampling=settings.resampling,
+        batch_size=settings.batch_size,
+        save_jpeg=settings.save_jpeg,
+        jpeg_quality=settings.jpeg_quality,
+        vae_dtype=getattr(torch, settings.vae_dtype) if settings.vae_dtype else None,
+    )
+    reports = {s.id: SlideReport(s.id, s.path, "pending") for s in sources}
+    mine = [s for i, s in enumerate(sources) if i % world == rank]
+    todo = [s for s in mine if not writer.is_committed(s.id) and part_status(root, s.id)[0] != "complete"]
+    for slide, counts in writer.committed_counts().items():
+        if slide in reports:
+            reports[slide].status, reports[slide].counts = "done", counts
+    committer = _Committer(root, writer, sources, reports, run, rank == 0, log, on_slide_done)
+
+    with ProgressBars(progress, len(mine), len(mine) - len(todo)) as bars:
+        committer.bars = bars
+        committer.advance()
+        for source, outcome in run_slides(
+            todo, root, url, extraction, encoder, vae, settings.workers, bars, run
+        ):
+            bars.slide_finished(source.id)
+            if not committer.is_main:  # rank 0 reports slides when it commits them
+                report = reports[source.id]
+                report.status, report.error = (
+                    ("failed", outcome) if outcome is not None else ("processed", "")
+                )
+                if outcome is None:
+                    report.counts = dict(part_status(root, source.id)[1].get("counts", {}))
+                _notify(report, log, on_slide_done, bars)
+            committer.advance()
+        while committer.is_main and not committer.finished:
+            time.sleep(poll_seconds)  # other ranks' slides
+            committer.advance()
+
+    totals = dict(root.attrs["committed"]["samples"])
+    report = PrepareReport(url, rank, world, list(reports.values()), totals, time.time() - start_time)
+    if rank == 0:
+        _write_json(settings_path(url), {"format": STORE_FORMAT, **attrs, "report": report.to_dict()})
+    return report
+
+
+def settings_path(store: str | Path) -> str:
+    """``<store>.prepare.json``: the settings, models and per-slide report of the last run, beside the store
+    (not inside it, so that zarr sees only its own files)."""
+    return normalize_url(store).rstrip("/") + ".prepare.json"
+
+
+class _Committer:
+    """Rank 0's ordered commit of resolved slides (see :class:`~.store.StoreWriter`)."""
+
+    def __init__(self, root, writer, sources, reports, run, is_main, log, on_slide_done) -> None:
+        self.root, self.writer, self.sources, self.reports = root, writer, sources, reports
+        self.run, self.is_main, self.log, self.on_slide_done = run, is_main, log, on_slide_done
+        self.position = 0
+        self.bars: ProgressBars | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.position >= len(self.sources)
+
+    def advance(self) -> None:
+        """Commit every slide, in order, up to the first one that is not resolved yet."""
+        if not self.is_main:
+            return
+        while not self.finished:
+            source = self.sources[self.position]
+            report = self.reports[source.id]
+            if self.writer.is_committed(source.id):
+                delete_part(self.root, source.id)  # left over by a crash right after its commit
+            else:
+                status, attrs = part_status(self.root, source.id)
+                if status == "complete":
+                    report.counts = self.writer.commit(self.root[f"_parts/{source.id}"])
+                    report.status = "committed"
+                    delete_part(self.root, source.id)
+                elif status == "failed" and attrs.get("run") == self.run:
+                    report.status, report.error = "failed", str(attrs.get("error", ""))
+                else:
+                    return
+                _notify(report, self.log, self.on_slide_done, self.bars)
+            self.position += 1
+
+
+def _notify(report: SlideReport, log, on_slide_done, bars: ProgressBars | None = None) -> None:
+    if log is not None:
+        if report.status == "failed":
+            line = f"{report.id}: FAILED {report.error}"
+        else:
+            line = f"{report.id}: " + ", ".join(f"{k} {v}" for k, v in report.counts.items())
+        if bars is not None and bars.active:
+            bars.print(line)  # above the bars
+        else:
+            log(line)
+    if on_slide_done is not None:
+        on_slide_done(report)
+
+
+def _store_attrs(
+    settings: PrepareSettings, encoder: SSLEncoder, vae: torch.nn.Module, vae_info: dict | None
+) -> dict:
+    return {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "zoomldm_version": _package_version(),
+        "domain": settings.domain,
+        "levels": [
+            {"index": m.index, "name": m.name, "key": m.key, "grid_size": m.grid_size}
+            for m in settings.resolved_levels()
+        ],
+        "tile_size": TILE,
+        "resampling": f"{settings.resampling} (PIL, antialiased); pyramid level nearest finer than the target",
+        "unit": "um/px" if settings.domain == "pathology" else "m/px",
+        "encoder": encoder.describe(),
+        "vae": {"weights_sha256": vae_fingerprint(vae), "latent_shape": [3, 64, 64], **(vae_info or {})},
+        "identity": settings.identity(),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+    }
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zoomldm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _open_or_create(
+    url: str, attrs: dict, levels, ssl_dim: int, save_jpeg: bool, is_main: bool
+) -> zarr.Group:
+    """Create the store, or reopen it after checking that it was made with the same settings."""
+    try:
+        root = open_store(url, mode="r+")
+        existing = root.attrs.asdict()
+    except (ZoomLDMError, FileNotFoundError):
+        existing = None
+    if existing is None or "format" not in existing:
+        if not is_main:
+            raise ZoomLDMError(f"{url}: the store does not exist; rank 0 creates it")
+        root = open_store(url, mode="w" if existing is None else "a")
+        create_store(root, levels, ssl_dim, attrs, save_jpeg)
+    else:
+        if existing.get("format") != STORE_FORMAT:
+            raise ZoomLDMError(f"{url} is not a zoomldm dataset store")
+        diffs = [
+            f"{key}.{name}: {old!r} in the store, {new!r} now"
+            for key in ("identity", "encoder", "vae")
+            for name, old, new in _differences(
+                _comparable(existing.get(key), key), _comparable(attrs[key], key)
+            )
+        ]
+        if diffs:
+            raise ZoomLDMError(
+                f"{url} was prepared with other settings ({'; '.join(diffs)}); use the same options or a new store"
+            )
+    if is_main:
+        StoreWriter(root, levels).repair()
+        root.attrs["run"] = int(root.attrs.get("run", 0)) + 1
+        attrs_now = {k: v for k, v in attrs.items() if k in ("settings", "zoomldm_version")}
+        root.attrs.update(attrs_now)  # the latest run's non-identity settings (workers, batch size)
+    return root
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for k in sorted(set(old) | set(new))
+            for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _comparable(value: Any, key: str) -> Any:
+    if key == "vae" and isinstance(value, dict):
+        return {"weights_sha256": value.get("weights_sha256")}
+    return json.loads(json.dumps(value))
+
+
+def _write_json(url: str, payload: dict) -> None:
+    """Write a JSON file (atomically on local disk; object stores write whole objects anyway)."""
+    import fsspec
+
+    text = json.dumps(payload, indent=2, default=str)
+    if "://" not in url:
+        target = Path(url)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    else:
+        with fsspec.open(url, "w") as f:
+            f.write(text)
