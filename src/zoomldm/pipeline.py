@@ -40,7 +40,7 @@ class PatchSamplingOutput:
     """Result of patch sampling: ``images`` uint8 ``[N, H, W, 3]`` and the final ``latents`` [N,3,h,w]."""
 
     images: np.ndarray
-    latents: torch.Tensor
+    latents: torch.Tensor | None
     settings: dict[str, Any] = field(default_factory=dict)
 
 

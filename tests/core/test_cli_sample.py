@@ -228,3 +228,39 @@ def test_reference_region_through_the_api(converted, data_dir):
     )
     assert out.images.shape == (2, 64, 64, 3)
     assert not np.array_equal(out.images, other.images)  # the condition reaches the output
+
+
+def test_unconditional_with_cdm(converted, tmp_path, capsys):
+    """``--unconditional``: CDM tokens replace the Summarizer (issue 6 item 1, through the core CLI)."""
+    from zoomldm.models.cdm import ConditioningDiT
+
+    torch.manual_seed(0)
+    cdm = ConditioningDiT(token_dim=32 * 2, hidden_size=32, depth=1, num_heads=2, num_magnifications=8)
+    cdm.save_pretrained(tmp_path / "cdm")
+    out = tmp_path / "unc"
+    args = [
+        "sample",
+        "--checkpoint",
+        str(converted),
+        "--unconditional",
+        "--cdm",
+        str(tmp_path / "cdm"),
+        "-m",
+        "5x",
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--cdm-steps",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert len(list(out.glob("patch_*.png"))) == 2
+    assert "CDM" in read_png_metadata(out / "patch_0000.png")["conditions"]
+    code, _, err = run(args[:4] + ["-m", "5x", "--device", "cpu"], capsys)  # --unconditional without --cdm
+    assert code == 2 and "--cdm" in err

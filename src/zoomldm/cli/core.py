@@ -57,6 +57,13 @@ def sample(
         "--reference",
         help="reference image region at base resolution; its 256² tiles are embedded by --encoder",
     ),
+    unconditional: bool = typer.Option(
+        False, "--unconditional", help="no reference: conditioning tokens sampled by the CDM (--cdm)"
+    ),
+    cdm: Path = typer.Option(
+        None, "--cdm", help="CDM checkpoint (ours, a train-cdm step dir, or the authors' DiT file)"
+    ),
+    cdm_steps: int = typer.Option(200, "--cdm-steps", help="DDIM steps of the CDM (authors: 200)"),
     encoder: str = typer.Option(
         "uni", "--encoder", help="SSL encoder for --reference (uni, dinov2, timm:<name>)"
     ),
@@ -83,9 +90,16 @@ def sample(
     from ..errors import ZoomLDMError
     from ..pipeline import ZoomLDMPipeline
 
-    if (ssl is None) == (reference is None):
-        raise ZoomLDMError("give exactly one of --ssl FILE or --reference IMAGE")
-    for path in (ssl, reference, Path(encoder_weights) if encoder_weights not in (None, "random") else None):
+    if sum(x is not None and x is not False for x in (ssl, reference, unconditional or None)) != 1:
+        raise ZoomLDMError("give exactly one of --ssl FILE, --reference IMAGE or --unconditional --cdm CKPT")
+    if unconditional and cdm is None:
+        raise ZoomLDMError("--unconditional needs the Conditioning Diffusion Model: --cdm CHECKPOINT")
+    for path in (
+        ssl,
+        reference,
+        cdm,
+        Path(encoder_weights) if encoder_weights not in (None, "random") else None,
+    ):
         if path is not None and not path.exists():
             raise ZoomLDMError(f"file not found: {path}")
     device = resolve_device(device)
@@ -93,6 +107,11 @@ def sample(
         _checkpoint(checkpoint), config=config, ema=not live, device=device, dtype=dtype
     )
     mag = pipe.magnification(magnification)
+    if unconditional:
+        _write_patches(
+            out, _sample_unconditional(pipe, cdm, mag, n, steps, guidance, scheduler, cdm_steps, seed, device)
+        )
+        return
     if ssl is not None:
         grid = load_ssl_grid(ssl, channels=pipe.config.ssl_channels)
     else:
@@ -127,6 +146,36 @@ def _embed_reference(path: Path, encoder: str, weights: str | None, device: str,
     if enc.dim != channels:
         raise ZoomLDMError(f"encoder {encoder} gives {enc.dim}-d embeddings, the model expects {channels}")
     return encode_region_grid(enc, image).cpu()
+
+
+def _sample_unconditional(pipe, cdm_path, mag, n, steps, guidance, scheduler, cdm_steps, seed, device):
+    """CDM tokens for ``mag`` → the UNet (the authors' ``cdm_measure_fid.py`` path, SPEC §6)."""
+    from ..evaluation.generators import cdm_patch_generator
+    from ..models.cdm import load_cdm
+    from ..pipeline import PatchSamplingOutput
+
+    model, info = load_cdm(cdm_path)
+    generate = cdm_patch_generator(
+        pipe,
+        model.to(device),
+        mag,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        scheduler=scheduler,
+        cdm_steps=cdm_steps,
+        seed=seed,
+    )
+    settings = {
+        "magnification": mag.name,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "scheduler": scheduler,
+        "seed": seed,
+        "conditions": f"CDM {cdm_path} ({info.get('source')})",
+        "cdm_steps": cdm_steps,
+        **pipe.provenance,
+    }
+    return PatchSamplingOutput(generate(0, n), None, settings)
 
 
 def _write_patches(out: Path, result) -> None:
