@@ -116,7 +116,7 @@ def prepare(
         weights=encoder_weights,
         device=device,
         dtype=getattr(torch, autocast[dtype]) if autocast[dtype] else None,
-        **dict(_parse_option(o) for o in encoder_option or []),
+        **dict(parse_option(o) for o in encoder_option or []),
     )
     vae, vae_info = _load_vae(checkpoint, config, domain, device, seed, enc.dim)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -190,7 +190,7 @@ def _parse_thresholds(text: str | None) -> float | tuple[float, ...] | None:
     return values[0] if len(values) == 1 else values
 
 
-def _parse_option(text: str) -> tuple[str, object]:
+def parse_option(text: str) -> tuple[str, object]:
     from ..errors import ZoomLDMError
 
     if "=" not in text:

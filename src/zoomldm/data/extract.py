@@ -206,6 +206,3 @@ def prefetch(items: Iterable[T]) -> Iterator[T]:
                 return
             future = pool.submit(next, iterator, sentinel)
             yield item  # type: ignore[misc]
-
-
-_prefetch = prefetch  # the name zoomldm.features.extract imports

@@ -1,0 +1,104 @@
+"""``zoomldm features``: multi-scale ZoomLDM UNet features per slide (a thin layer over
+:func:`zoomldm.features.extract.extract_features`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+DEFAULT_ENCODER = {"pathology": "uni", "satellite": "dinov2_vitl14_reg"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("features")(features)
+
+
+def features(
+    slides_dir: Path = typer.Argument(..., help="folder of slides / large images (searched recursively)"),
+    out: Path = typer.Argument(..., help="output folder: one <slide>.h5 per slide (TRIDENT/CLAM layout)"),
+    magnifications: str = typer.Option(
+        "20x,5x", "--magnifications", help="finest = the tiles; each coarser one adds its containing region"
+    ),
+    timestep: int = typer.Option(100, "--timestep", help="noise level t (0..999) of the latent"),
+    blocks: str = typer.Option("mid,up1", "--blocks", help="UNet blocks to pool: mid, up0, up1, … (decoder)"),
+    fusion: str = typer.Option("concat", "--fusion", help="how magnifications are fused: concat or mean"),
+    checkpoint: str = typer.Option(
+        "brca", "--checkpoint", help="our model dir, an official .ckpt, a hub id, or brca / naip"
+    ),
+    config: str = typer.Option(None, "--config", "-c", help="preset or yaml for an official --checkpoint"),
+    live: bool = typer.Option(False, "--live", help="use the live UNet weights instead of the EMA ones"),
+    encoder: str = typer.Option(
+        None, "--encoder", help="SSL encoder for the conditions: uni, dinov2_vitl14_reg, timm:<name>"
+    ),
+    encoder_weights: str = typer.Option(
+        None, "--encoder-weights", help="local weights file, or 'random' (tests)"
+    ),
+    encoder_option: list[str] = typer.Option(
+        None, "--encoder-option", help="timm kwarg KEY=VALUE (repeatable)"
+    ),
+    slides_csv: Path = typer.Option(
+        None, "--slides", help="CSV with columns path[, id][, mpp] instead of a folder scan"
+    ),
+    mpp: float = typer.Option(None, "--mpp", help="level-0 µm/px (satellite: m/px) for files without it"),
+    base_mpp: float = typer.Option(None, "--base-mpp", help="base resolution (default 0.5 µm/px)"),
+    tissue_threshold: float = typer.Option(
+        None, "--tissue-threshold", help="min tissue fraction of a tile (default 0.5; satellite 0.95)"
+    ),
+    resampling: str = typer.Option("lanczos", "--resampling", help="antialiased filter for coarser regions"),
+    batch_size: int = typer.Option(16, "--batch-size", help="regions per UNet batch"),
+    workers: int = typer.Option(1, "--workers", help="slides processed in parallel by worker processes"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (each rank uses cuda:LOCAL_RANK)"),
+    dtype: str = typer.Option("float32", "--dtype", help="UNet/Summarizer dtype: float32, bfloat16, float16"),
+    seed: int = typer.Option(0, "--seed", help="seed of the shared noise latent"),
+    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when any slide failed"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Extract ZoomLDM features of every tissue tile, fused across magnifications; resumable, parallel.
+
+    Rerun the same command to resume; run it under `torchrun` / `accelerate launch` to shard the slides
+    over ranks. Feed OUT to `zoomldm mil train`.
+    """
+    from ..data.encoders import build_encoder
+    from ..data.prepare import find_slides
+    from ..features.extract import FeatureSettings, extract_features
+    from ..pipeline import ZoomLDMPipeline
+    from .core import resolve_device
+    from .prepare import parse_option
+
+    device = resolve_device(device)
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    settings = FeatureSettings(
+        magnifications=tuple(m.strip() for m in magnifications.split(",") if m.strip()),
+        timestep=timestep,
+        blocks=tuple(b.strip() for b in blocks.split(",") if b.strip()),
+        fusion=fusion,
+        seed=seed,
+        batch_size=batch_size,
+        tissue_threshold=tissue_threshold,
+        base_mpp=base_mpp,
+        resampling=resampling,
+        workers=workers,
+    )
+    sources = find_slides(slides_dir, slides_csv, mpp)
+    pipe = ZoomLDMPipeline.from_pretrained(
+        checkpoint, config=config, ema=not live, device=device, dtype=dtype
+    )
+    enc = build_encoder(
+        encoder or DEFAULT_ENCODER[pipe.config.domain],
+        weights=encoder_weights,
+        device=device,
+        **dict(parse_option(o) for o in encoder_option or []),
+    )
+    report = extract_features(sources, out, pipe, enc, settings, progress=progress, log=typer.echo)
+    written = [s for s in report.slides if s.status == "written"]
+    typer.echo(
+        f"{out}: {len(written)} slides written ({sum(s.tiles for s in written)} tiles, "
+        f"{report.tiles_per_second:.1f} tiles/s), {sum(s.status == 'done' for s in report.slides)} already done"
+    )
+    for failed in report.failed:
+        typer.secho(f"failed: {failed.id} ({failed.path}): {failed.error}", fg=typer.colors.RED, err=True)
+    if report.failed and strict:
+        raise typer.Exit(1)
