@@ -173,7 +173,7 @@ def _ptr(t: torch.Tensor) -> tuple[int, int]:
     return (t.untyped_storage().data_ptr(), t.storage_offset())
 
 
-def _track(
+def track_sources(
     source: Mapping[str, torch.Tensor], converted: Mapping[str, torch.Tensor | None], what: str
 ) -> dict[str, str]:
     """Map converted keys to source keys; raise on source tensors the converter did not use."""
@@ -193,30 +193,49 @@ def _track(
     return origin
 
 
-def convert_official(
-    sd: Mapping[str, torch.Tensor], config: ZoomLDMConfig, ema: bool = True
-) -> OfficialWeights:
-    """Split, validate and convert an official state dict (keys only; no model is built)."""
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+def convert_unet(
+    source: Mapping[str, torch.Tensor], config: ZoomLDMConfig, from_ema: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``model.diffusion_model.*`` weights → diffusers keys with diffusers' converter; every source key
+    must be consumed. Returns the state and ``"unet.<key>" -> official key`` (the EMA name if ``from_ema``)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    groups = _split(sd)
-    _check_schedule(groups, config)
-    unet_src, num_updates = _select_unet(groups, ema)
-    unet = convert_ldm_unet_checkpoint(unet_src, config.unet, extract_ema=False)
-    origin = {f"unet.{k}": v for k, v in _track(unet_src, unet, "UNet").items()}
-    if ema:  # name the EMA key the tensor really came from
-        origin = {k: ema_key(v) for k, v in origin.items()}
+    unet = convert_ldm_unet_checkpoint(dict(source), config.unet, extract_ema=False)
+    origin = {
+        f"unet.{k}": (ema_key(v) if from_ema else v) for k, v in track_sources(source, unet, "UNet").items()
+    }
+    return dict(unet), origin
 
-    vae_src = dict(groups["vae"])
+
+def convert_vae(
+    source: Mapping[str, torch.Tensor], config: ZoomLDMConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``first_stage_model.*`` weights → diffusers ``VQModel`` keys; the codebook, which diffusers'
+    converter does not map, is copied by hand. Returns the state and ``"vae.<key>" -> official key``."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    vae_src = dict(source)
     codebook_key = VAE_PREFIX + "quantize.embedding.weight"
     if codebook_key not in vae_src:
         raise CheckpointError(f"missing key {codebook_key!r} (VQ codebook)")
     codebook = vae_src.pop(codebook_key)
     vae = convert_ldm_vae_checkpoint(vae_src, config.vae)
-    vae["quantize.embedding.weight"] = codebook  # not mapped by diffusers' converter
-    vae_origin = _track(vae_src, vae, "VQ autoencoder")
-    vae_origin["quantize.embedding.weight"] = codebook_key
-    origin.update({f"vae.{k}": v for k, v in vae_origin.items()})
+    vae["quantize.embedding.weight"] = codebook
+    origin = track_sources(vae_src, vae, "VQ autoencoder")
+    origin["quantize.embedding.weight"] = codebook_key
+    return dict(vae), {f"vae.{k}": v for k, v in origin.items()}
+
+
+def convert_official(
+    sd: Mapping[str, torch.Tensor], config: ZoomLDMConfig, ema: bool = True
+) -> OfficialWeights:
+    """Split, validate and convert an official state dict (keys only; no model is built)."""
+    groups = _split(sd)
+    _check_schedule(groups, config)
+    unet_src, num_updates = _select_unet(groups, ema)
+    unet, origin = convert_unet(unet_src, config, from_ema=ema)
+    vae, vae_origin = convert_vae(groups["vae"], config)
+    origin.update(vae_origin)
     origin.update({f"summarizer.{k}": SUMMARIZER_PREFIX + k for k in groups["summarizer"]})
     return OfficialWeights(unet, vae, dict(groups["summarizer"]), ema, num_updates, origin)
 

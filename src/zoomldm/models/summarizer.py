@@ -113,7 +113,7 @@ class Summarizer(ModelMixin, ConfigMixin):
             tokens = self.dim_reduce(stacked.flatten(2).transpose(1, 2))  # row-major [b, n, hidden]
             n = h * w
             start = 0 if n == seq else seq // 2 - n // 2
-            out[idx, start : start + n] = tokens
+            out[idx, start : start + n] = tokens.to(out.dtype)  # autocast may give half-precision tokens
         return out
 
     def forward(self, ssl: GridInput, magnification: torch.Tensor | int | Sequence[int]) -> torch.Tensor:

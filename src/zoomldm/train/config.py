@@ -1,0 +1,406 @@
+"""``TrainConfig``: the training YAML, typed and validated (defaults = the authors' settings, SPEC §2.4-2.5).
+
+A config file has the sections below; every key is optional except ``data.store``, and an unknown key is
+an error that names it and lists the valid ones (a typo never silently falls back to a default)::
+
+    output_dir: runs/brca          # checkpoints/, logs/ (TensorBoard), samples/, config.yaml
+    seed: 23                       # the authors' main.py default
+    model:   {config, init, checkpoint, ema, vae}
+    data:    {store, levels, batch_size, num_workers, samples_per_epoch, level_weights, storage_options}
+    optim:   {lr, scale_lr, betas, eps, weight_decay, warmup_steps, warmup_start, max_grad_norm,
+              gradient_accumulation_steps}
+    train:   {max_steps, p_uncond, mixed_precision, gradient_checkpointing, compile, compile_mode, tf32}
+    ema:     {enabled, decay}
+    checkpoint: {every, keep, resume}
+    logging: {every, trackers, project, sample_every, samples_per_level, sample_steps, sample_guidance,
+              sample_scheduler}
+    distributed: {strategy, find_unused_parameters, fsdp}
+
+``configs/train_brca.yaml`` documents every key. Command-line overrides use dotted keys
+(``--set optim.lr=1e-4``), parsed as YAML values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+INIT_KINDS = ("scratch", "official", "pretrained", "compvis")
+PRECISIONS = ("no", "fp16", "bf16")
+STRATEGIES = ("auto", "ddp", "fsdp")
+TRACKERS = ("tensorboard", "wandb")
+
+
+@dataclass
+class ModelSection:
+    """What to train and where its first weights come from."""
+
+    #: architecture: a preset (brca, naip, tiny, tiny-naip) or the authors' yaml. Required for ``scratch``
+    #: and ``compvis``; for ``official`` optional (else the yaml beside the checkpoint, or recognised).
+    config: str | None = None
+    #: scratch | official (a ZoomLDM .ckpt: fine-tuning) | pretrained (our format) | compvis (the ImageNet
+    #: LDM cin256-v2 checkpoint the authors started from: UNet (+ VQ-f4) only, class embedder dropped)
+    init: str = "scratch"
+    checkpoint: str | None = None
+    #: compvis only: take the checkpoint's EMA UNet (``model_ema.*``) instead of its live weights
+    ema: bool = False
+    #: the (frozen) VQ-f4 to use instead of the one ``init`` provides (scratch: random; compvis: the
+    #: checkpoint's, else random): our format dir or an official .ckpt (+ model.config). It only decodes
+    #: sample grids and is saved with checkpoints; it must be the VQ that made the store's latents.
+    vae: str | None = None
+
+
+@dataclass
+class DataSection:
+    """The store made by ``zoomldm prepare`` and how it is read."""
+
+    store: str = ""
+    #: magnifications to train on (names or indices; default: all levels in the store)
+    levels: list[str | int] | None = None
+    #: samples per process per step (the authors: 420 per GPU for BRCA, 400 for NAIP)
+    batch_size: int = 32
+    num_workers: int = 4
+    #: draws per epoch over all processes (default: the store's sample count); epochs only set the
+    #: sampler's seed, as the authors' loader draws magnification-first at random (SPEC §1.5)
+    samples_per_epoch: int | None = None
+    #: probability per stored level (default uniform: the official magnification-balanced sampling)
+    level_weights: list[float] | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimSection:
+    """AdamW with the official linear warm-up (SPEC §2.5)."""
+
+    lr: float = 2.0e-5
+    #: multiply lr by processes × batch_size × accumulation (the authors' ``--scale_lr``; off by default)
+    scale_lr: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
+    weight_decay: float = 0.01
+    #: LambdaLinearScheduler: the lr factor rises linearly from warmup_start to 1 over warmup_steps
+    warmup_steps: int = 1000
+    warmup_start: float = 1.0e-6
+    #: gradient-norm clipping (None: none, as the authors)
+    max_grad_norm: float | None = None
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class TrainSection:
+    """The loop."""
+
+    max_steps: int = 100_000
+    #: classifier-free dropout of the Summarizer output (zeros = unconditional)
+    p_uncond: float = 0.1
+    #: no | fp16 | bf16 (autocast via accelerate; master weights stay float32)
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    #: torch.compile the UNet (nn.Module.compile: state-dict keys unchanged)
+    compile: bool = False
+    compile_mode: str | None = None
+    #: allow TF32 matmuls on Ampere+ GPUs (only matters with mixed_precision: no)
+    tf32: bool = True
+
+
+@dataclass
+class EMASection:
+    """EMA of the UNet only (the Summarizer has none), decay ``min(decay, (1+n)/(10+n))``."""
+
+    enabled: bool = True
+    decay: float = 0.9999
+
+
+@dataclass
+class CheckpointSection:
+    """Checkpoints in our format (+ training_state/ for an exact resume)."""
+
+    every: int = 5000
+    #: number of checkpoints kept (oldest deleted first); 0 keeps all
+    keep: int = 3
+    #: auto (continue from the newest checkpoint in output_dir, if any) | never | a checkpoint path
+    resume: str = "auto"
+
+
+@dataclass
+class LoggingSection:
+    """Scalars every ``every`` steps; sample grids every ``sample_every`` steps (0 = never)."""
+
+    every: int = 50
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "zoomldm"
+    sample_every: int = 5000
+    samples_per_level: int = 4
+    sample_steps: int = 50
+    sample_guidance: float = 2.0
+    sample_scheduler: str = "ddim"
+
+
+@dataclass
+class DistributedSection:
+    """How the processes started by ``accelerate launch`` / ``torchrun`` share the work."""
+
+    #: auto (whatever ``accelerate config`` says; DDP when several processes) | ddp | fsdp
+    strategy: str = "auto"
+    #: DDP: the Summarizer's pad token is unused in a batch of 8×8 grids only
+    find_unused_parameters: bool = True
+    #: extra ``accelerate.FullyShardedDataParallelPlugin`` arguments for ``strategy: fsdp``
+    fsdp: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """The whole training configuration (see the module docstring and ``configs/train_brca.yaml``)."""
+
+    output_dir: str = "runs/zoomldm"
+    seed: int = 23
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    ema: EMASection = field(default_factory=EMASection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build and validate; unknown keys and wrong types raise :class:`ConfigError` naming the key."""
+        cfg = _build(cls, data if data is not None else {}, "", source)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        """Read a YAML file, apply ``key.sub=value`` overrides, validate."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"training config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path.name} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path.name}: expected a mapping of sections at the top level")
+        return cls.from_dict(apply_overrides(data, overrides or []), source=path.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # -- validation ------------------------------------------------------------------------------------
+    def validate(self, source: str = "config") -> None:
+        """Value checks that need no file access (the store is checked by :func:`check_store`)."""
+
+        def fail(key: str, message: str) -> None:
+            raise ConfigError(f"{source}: {key}: {message}")
+
+        m, d, o, t = self.model, self.data, self.optim, self.train
+        if m.init not in INIT_KINDS:
+            fail("model.init", f"{m.init!r} is not one of {', '.join(INIT_KINDS)}")
+        if m.init != "scratch" and not m.checkpoint:
+            fail("model.checkpoint", f"model.init: {m.init} needs a checkpoint path")
+        if m.init in ("scratch", "compvis") and not m.config:
+            fail(
+                "model.config", f"model.init: {m.init} needs the architecture (a preset or the authors' yaml)"
+            )
+        if not d.store:
+            fail("data.store", "give the store made by `zoomldm prepare` (a path or an fsspec URL)")
+        for key, value, low in (
+            ("data.batch_size", d.batch_size, 1),
+            ("data.num_workers", d.num_workers, 0),
+            ("optim.warmup_steps", o.warmup_steps, 0),
+            ("optim.gradient_accumulation_steps", o.gradient_accumulation_steps, 1),
+            ("train.max_steps", t.max_steps, 1),
+            ("checkpoint.every", self.checkpoint.every, 1),
+            ("checkpoint.keep", self.checkpoint.keep, 0),
+            ("logging.every", self.logging.every, 1),
+            ("logging.sample_every", self.logging.sample_every, 0),
+            ("logging.samples_per_level", self.logging.samples_per_level, 1),
+            ("logging.sample_steps", self.logging.sample_steps, 1),
+        ):
+            if value < low:
+                fail(key, f"must be at least {low}, got {value}")
+        if d.samples_per_epoch is not None and d.samples_per_epoch < 1:
+            fail("data.samples_per_epoch", f"must be at least 1, got {d.samples_per_epoch}")
+        if o.lr <= 0 or o.eps <= 0 or o.weight_decay < 0:
+            fail("optim", "lr and eps must be > 0 and weight_decay >= 0")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            fail("optim.betas", f"expected two numbers in [0, 1), got {o.betas}")
+        if not 0 < o.warmup_start <= 1:
+            fail("optim.warmup_start", f"expected a factor in (0, 1], got {o.warmup_start}")
+        if o.max_grad_norm is not None and o.max_grad_norm <= 0:
+            fail("optim.max_grad_norm", f"must be > 0 (or null), got {o.max_grad_norm}")
+        if not 0 <= t.p_uncond < 1:
+            fail("train.p_uncond", f"expected a probability in [0, 1), got {t.p_uncond}")
+        if t.mixed_precision not in PRECISIONS:
+            fail("train.mixed_precision", f"{t.mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
+        if not 0 < self.ema.decay < 1:
+            fail("ema.decay", f"expected a number in (0, 1), got {self.ema.decay}")
+        unknown = [x for x in self.logging.trackers if x not in TRACKERS]
+        if unknown:
+            fail(
+                "logging.trackers", f"unknown tracker {unknown[0]!r}; expected some of {', '.join(TRACKERS)}"
+            )
+        if self.distributed.strategy not in STRATEGIES:
+            fail(
+                "distributed.strategy", f"{self.distributed.strategy!r} is not one of {', '.join(STRATEGIES)}"
+            )
+        if d.level_weights is not None and any(w < 0 for w in d.level_weights):
+            fail("data.level_weights", "weights must be non-negative")
+        from ..schedule import SCHEDULERS
+
+        if self.logging.sample_scheduler.lower() not in SCHEDULERS:
+            fail("logging.sample_scheduler", f"expected one of {', '.join(SCHEDULERS)}")
+
+
+# -- the store against the model ------------------------------------------------------------------------
+def check_store(store: str, model_config, levels: list[str | int] | None = None, storage_options=None):
+    """Open the store's dataset and check it against the model: domain, magnification count, SSL width.
+
+    Returns the :class:`~zoomldm.data.dataset.MultiScaleDataset`. Raises :class:`ConfigError` with one line
+    saying what disagrees (a missing store, another domain, a model whose Summarizer has another number of
+    magnification levels than the store's domain, another SSL embedding size, an empty store).
+    """
+    from ..data.dataset import MultiScaleDataset
+    from ..errors import ZoomLDMError
+    from ..scales import scales_for
+
+    try:
+        dataset = MultiScaleDataset(store, levels=levels, storage_options=storage_options)
+    except ZoomLDMError as err:
+        raise ConfigError(f"data.store: {err}") from None
+    domain = dataset.attrs["domain"]
+    store_levels = scales_for(domain)
+    stored = ", ".join(m.name for m in dataset.levels)
+    mag_levels = int(model_config.summarizer["mag_levels"])
+    beyond = [m for m in dataset.levels if m.index >= mag_levels]
+    if domain != model_config.domain or beyond:
+        raise ConfigError(
+            f"magnification levels disagree: the store {store} is {domain} data with levels {stored} "
+            f"(of {len(store_levels)}: {store_levels.names[0]} … {store_levels.names[-1]}) but the model is "
+            f"{model_config.domain} with a Summarizer of mag_levels {mag_levels}; use a model config with "
+            f"mag_levels {len(store_levels)} (or select data.levels below index {mag_levels})"
+        )
+    if dataset.ssl_dim != model_config.ssl_channels:
+        raise ConfigError(
+            f"SSL width disagrees: the store's embeddings are {dataset.ssl_dim}-d "
+            f"({dataset.attrs['encoder'].get('name')}) but the model's Summarizer takes "
+            f"{model_config.ssl_channels} (input_channels)"
+        )
+    if len(dataset) == 0:
+        raise ConfigError(f"data.store: {store} holds no committed samples yet (run `zoomldm prepare`)")
+    return dataset
+
+
+# -- overrides -----------------------------------------------------------------------------------------
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-4", "data.levels=[0,1]"]`` → a copy of ``data`` with those keys set (YAML values)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=1e-4")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+# -- a small typed loader for nested dataclasses -------------------------------------------------------
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix + str(unknown[0])!r}; valid keys"
+            f"{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name, source)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key + ".", source)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:  # an exact type match first (an int level stays an int under ``str | int``)
+            if isinstance(arg, type) and type(value) is arg:
+                return value
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key, source)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+    return value
