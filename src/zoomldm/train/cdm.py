@@ -22,8 +22,6 @@ import copy
 import json
 import os
 import shutil
-import signal
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -340,25 +338,7 @@ class CDMTrainer:
         return final
 
     def _signals(self):
-        import contextlib
+        """SIGINT/SIGTERM: finish the step, save, exit; a second SIGINT aborts at once."""
+        from .interrupt import stop_requests
 
-        @contextlib.contextmanager
-        def handlers():
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-
-            def handler(signum, frame):
-                if self._stop_requested and signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                self._stop_requested = True
-                self.info("stop requested: finishing this step and saving (Ctrl-C again to abort)")
-
-            previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, old in previous.items():
-                    signal.signal(sig, old)
-
-        return handlers()
+        return stop_requests(self)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -582,25 +580,11 @@ class Trainer:
         ZoomLDMPipeline(unet, self.vae, summarizer, cfg).save_pretrained(directory, extra=prov)
 
     # -- signals ----------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
+    def _signals(self):
         """SIGINT/SIGTERM: finish the step, save, exit; a second SIGINT aborts at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+        from .interrupt import stop_requests
 
-        def handler(signum, frame):
-            if self._stop_requested and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self.info("stop requested: finishing this step, saving a checkpoint (Ctrl-C again to abort)")
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        return stop_requests(self)
 
 
 def _accelerator_available() -> bool:

@@ -1,0 +1,34 @@
+"""Graceful stop for long training runs: SIGINT/SIGTERM finish the current step, save, and exit.
+
+Shared by the LDM and the CDM trainers. A second Ctrl-C aborts at once (the last good checkpoint is
+never touched: checkpoints are written atomically).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def stop_requests(owner: Any) -> Iterator[None]:
+    """While active, a signal sets ``owner._stop_requested`` and logs through ``owner.info``."""
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+
+    def handler(signum, frame):
+        if owner._stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        owner._stop_requested = True
+        owner.info("stop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
