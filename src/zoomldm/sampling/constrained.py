@@ -1,0 +1,350 @@
+"""Joint multi-scale sampling: the inexact-Newton constrained sampler of SPEC §4.3.
+
+Target tiles (``k × k`` tiles at the target magnification under one guide patch, or any subset of the tiles
+under a larger guide image) are denoised on the strided grid of :mod:`.strided`. At every outer step the
+guide is denoised freely (or is a fixed image: super-resolution, cascades), and each tile is pulled toward
+its footprint in the guide by ``inner_steps`` Newton iterations whose Jacobian-vector products are finite
+differences through the VQ encoder and the denoiser ("VAE Newton", [FCS])::
+
+    img  = VQdecode(x̂0)                          # quantising decode
+    e_im = N( up(G − down(img)) )                # constraint residual lifted to tile resolution
+    e_z  = N( VQencode(img + h·e_im) − VQencode(img) )
+    g    = N( (x̂0(x + h·e_z) − x̂0(x)) / h )
+    x    = x + lr·g ;  recompute ε, x̂0
+
+with ``N`` = division of each sample by its max-abs value, ε = ``(w+1)·ε_c − w·ε_u`` (s = w + 1 in
+:func:`guided_eps`), the UNet called with ``t`` and the coefficients read at ``t − 1``. The tile loop is
+batched: ``tile_batch`` tiles go through the whole Newton loop together, their conditional and
+unconditional rows in one UNet call; the two encoder passes of an iteration are one VQ call.
+
+Noise is keyed by tile index and step (:mod:`.noise`), so results do not depend on ``tile_batch`` and a
+request for a subset of tiles reproduces those tiles of the full generation exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import ZoomLDMError
+from ..progress import make_progress, progress_enabled
+from ..scales import Magnification
+from .guidance import guided_eps
+from .noise import keyed_normal
+from .resize import downsampler, upsampler
+from .strided import StridedStep, predict_x0, strided_steps, strided_update
+
+#: footprint of a target tile in the guide must stay at least this many pixels (k ≤ 16 for 256² patches,
+#: the authors' range; larger ratios are reached by cascading scale pairs)
+MIN_FOOTPRINT = 16
+
+
+@dataclass
+class JointSamplingConfig:
+    """Hyper-parameters of joint multi-scale sampling; defaults are the official values (SPEC §4.2, §11).
+
+    Attributes:
+        t0: first timestep (the UNet sees ``t0``; coefficients at ``t0 − 1``).
+        stride: timestep stride (20 outer steps for 1000/50).
+        guidance_w: ``w`` in ``(w+1)·ε_c − w·ε_u`` (w = 2 ⇔ s = 3).
+        h: finite-difference step of both Jacobian-vector products.
+        lr: Newton update rate.
+        inner_steps: Newton iterations per tile per outer step (0 = unconstrained tiles).
+        tile_batch: tiles per batch (each batch is ``2·tile_batch`` UNet rows: cond + uncond).
+        variance_preserving_update: ``√(1−ā_prev−β̃)·ε`` (official post-processing / FCS) instead of the
+            Colab notebook's ``√(1−ā_prev)·ε``.
+    """
+
+    t0: int = 1000
+    stride: int = 50
+    guidance_w: float = 2.0
+    h: float = 0.005
+    lr: float = 0.5
+    inner_steps: int = 10
+    tile_batch: int = 16
+    variance_preserving_update: bool = True
+
+    def __post_init__(self) -> None:
+        if self.inner_steps < 0:
+            raise ZoomLDMError(f"inner_steps must be >= 0; got {self.inner_steps}")
+        if self.tile_batch < 1:
+            raise ZoomLDMError(f"tile_batch must be >= 1; got {self.tile_batch}")
+        if not self.h > 0:
+            raise ZoomLDMError(f"the finite-difference step h must be > 0; got {self.h}")
+        if self.guidance_w < 0:
+            raise ZoomLDMError(f"guidance_w must be >= 0 (w = s − 1); got {self.guidance_w}")
+        if self.lr < 0:
+            raise ZoomLDMError(f"lr must be >= 0; got {self.lr}")
+        if not 1 <= self.stride <= self.t0 <= 1000:
+            raise ZoomLDMError(f"need 1 <= stride <= t0 <= 1000; got t0={self.t0}, stride={self.stride}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SampledGuide:
+    """A guide patch denoised alongside the tiles from ``noise`` [1,C,h,w] with ``context`` [1,65,D]."""
+
+    context: torch.Tensor
+    noise: torch.Tensor
+
+
+@dataclass
+class FixedGuide:
+    """A fixed guide image ``[3, H, W]`` in [-1, 1] at the guide magnification (super-resolution: the real
+    low-resolution image; cascades: a decoded coarser stage). ``H, W`` are multiples of the tile footprint."""
+
+    image: torch.Tensor
+
+
+@dataclass
+class ConstrainedResult:
+    """Final tile latents ``[n,C,h,w]`` (CPU, row order of ``tile_ids``), the final guide latent (None for a
+    fixed guide) and guide image ``[3,H,W]`` in [-1, 1], and the constraint metrics of the tiles."""
+
+    tiles: torch.Tensor
+    tile_ids: list[int]
+    guide_latent: torch.Tensor | None
+    guide_image: torch.Tensor
+    metrics: dict = field(default_factory=dict)
+
+
+def scale_ratio(pipe, guide: Magnification, target: Magnification) -> int:
+    """``k`` = base pixels of a guide pixel / of a target pixel, validated for joint sampling."""
+    if guide.domain != target.domain:
+        raise ZoomLDMError(f"guide {guide} and target {target} are levels of different domains")
+    if guide.index <= target.index:
+        raise ZoomLDMError(
+            f"the guide / input magnification ({guide}) must be coarser than the output's ({target}); "
+            f"levels: {', '.join(pipe.scales.names)}"
+        )
+    k = guide.downsample // target.downsample
+    size = pipe.config.image_size
+    if size % k or size // k < MIN_FOOTPRINT:
+        largest = pipe.scales[min(target.index + _log2(size // MIN_FOOTPRINT), len(pipe.scales) - 1)]
+        raise ZoomLDMError(
+            f"a {guide} guide for {target} tiles is a ratio of {k}: each tile would cover "
+            f"{size / k:g} guide pixels (at least {MIN_FOOTPRINT} needed); the coarsest guide for {target} "
+            f"is {largest} (generate_large_image cascades two scale pairs for larger images)"
+        )
+    return k
+
+
+def _log2(n: int) -> int:
+    return max(n.bit_length() - 1, 0)
+
+
+def inf_normalize(v: torch.Tensor) -> torch.Tensor:
+    """``N(v)``: each sample divided by its max-abs value (a zero sample stays zero)."""
+    scale = v.flatten(1).abs().amax(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
+    return v / scale.view(-1, *([1] * (v.dim() - 1)))
+
+
+class _Ops:
+    """VQ and UNet calls of the sampler on the pipeline's devices and dtypes."""
+
+    def __init__(self, pipe, unet, guidance_w: float) -> None:
+        self.pipe, self.unet, self.s = pipe, unet, guidance_w + 1.0
+        self.vae_dtype = next(pipe.vae.parameters()).dtype
+        self.unet_forwards = 0  # UNet rows evaluated (cond and uncond rows count separately)
+        self.vq_passes = 0  # images through the VQ encoder or decoder
+
+    def eps(self, x: torch.Tensor, step: StridedStep, context: torch.Tensor) -> torch.Tensor:
+        t = torch.tensor(float(step.t), device=x.device)  # float t, as the official model_pred
+        self.unet_forwards += x.shape[0] * (1 if self.s == 1.0 else 2)
+        return guided_eps(self.unet, x, t, context, self.s)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self.vq_passes += z.shape[0]
+        return self.pipe.vae.decode(z.to(self.vae_dtype)).sample.float()  # quantising, not clamped
+
+    def encode(self, img: torch.Tensor) -> torch.Tensor:
+        self.vq_passes += img.shape[0]
+        return self.pipe.vae.encode(img.to(self.vae_dtype)).latents.float()
+
+
+def newton_constrain(
+    ops: _Ops,
+    x: torch.Tensor,
+    context: torch.Tensor,
+    target: torch.Tensor,
+    step: StridedStep,
+    config: JointSamplingConfig,
+    down: Callable,
+    up: Callable,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One outer step's tile update of SPEC §4.3 for a batch: returns ``(x, ε, x̂0)`` after the Newton
+    iterations that pull ``down(decode(x̂0))`` toward ``target`` (the footprints ``[B,3,S/k,S/k]``)."""
+    eps = ops.eps(x, step, context)
+    x0 = predict_x0(x, eps, step)
+    h = config.h
+    for _ in range(config.inner_steps):
+        img = ops.decode(x0)
+        e_im = inf_normalize(up(target - down(img)))
+        z, z_h = ops.encode(torch.cat([img, img + h * e_im])).chunk(2)  # both encoder passes in one call
+        e_z = inf_normalize(z_h - z)
+        x_h = x + h * e_z
+        x0_h = predict_x0(x_h, ops.eps(x_h, step, context), step)
+        x = x + config.lr * inf_normalize((x0_h - x0) / h)
+        eps = ops.eps(x, step, context)
+        x0 = predict_x0(x, eps, step)
+    return x, eps, x0
+
+
+def split_footprints(
+    image: torch.Tensor, footprint: int, tile_ids: Sequence[int], tiles_per_row: int
+) -> torch.Tensor:
+    """The ``[n,3,f,f]`` footprints of tiles ``tile_ids`` (row-major) in a guide image ``[3,H,W]``."""
+    out = []
+    for tid in tile_ids:
+        r, c = divmod(int(tid), tiles_per_row)
+        out.append(image[:, r * footprint : (r + 1) * footprint, c * footprint : (c + 1) * footprint])
+    return torch.stack(out)
+
+
+def constrained_sample(
+    pipe,
+    guide_magnification: Magnification | str | int,
+    tile_contexts: torch.Tensor,
+    tile_noise: torch.Tensor,
+    guide: SampledGuide | FixedGuide,
+    *,
+    target_magnification: Magnification | str | int | None = None,
+    tile_ids: Sequence[int] | None = None,
+    config: JointSamplingConfig | None = None,
+    seed: int = 0,
+    unet=None,
+    start_step: int = 0,
+    state: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
+    progress: bool = True,
+) -> ConstrainedResult:
+    """Denoise target tiles under a guide with the constraint of SPEC §4.3 (the core of joint sampling,
+    super-resolution, cascades and viewport requests).
+
+    Args:
+        pipe: a :class:`~zoomldm.pipeline.ZoomLDMPipeline` (its UNet — EMA when loaded so, as the
+            official joint sampling — its VQ, config and scales).
+        guide_magnification: level of the guide; ``k`` = ratio to the target level.
+        tile_contexts: ``[n, 65, D]`` Summarizer contexts of the tiles to generate (same order as
+            ``tile_ids``; see :func:`.conditions.tile_contexts`).
+        tile_noise: ``[n, C, h, w]`` initial noise of those tiles (``h = pipe.config.latent_size``).
+        guide: :class:`SampledGuide` (denoised jointly) or :class:`FixedGuide`.
+        target_magnification: level of the tiles (default: the base level, 20x / 1x).
+        tile_ids: row-major indices of the tiles in the canvas under the guide (default ``0..n−1``); the
+            canvas is ``(W_guide / f)`` tiles wide with ``f = image_size / k`` the footprint.
+        config: :class:`JointSamplingConfig` (official defaults).
+        seed: keys the per-step noise ξ (with the tile index and step).
+        unet: another UNet to use (default the pipeline's).
+        start_step, state, on_step: resume support — ``state = (tile latents, guide latent)`` at the
+            start of step ``start_step``; ``on_step(i, tiles, guide_latent)`` is called after each step.
+        progress: show progress bars.
+    """
+    config = config or JointSamplingConfig()
+    scales = pipe.scales
+    gmag = scales.parse(guide_magnification)
+    tmag = scales.parse(target_magnification if target_magnification is not None else 0)
+    k = scale_ratio(pipe, gmag, tmag)
+    size, latent = pipe.config.image_size, pipe.config.latent_size
+    footprint = size // k
+    n = tile_contexts.shape[0]
+    channels = pipe.unet.config.in_channels
+    if tile_noise.shape != (n, channels, latent, latent):
+        raise ZoomLDMError(
+            f"tile noise must be [{n}, {channels}, {latent}, {latent}]; got {tuple(tile_noise.shape)}"
+        )
+    ids = list(range(n)) if tile_ids is None else [int(i) for i in tile_ids]
+    if len(ids) != n:
+        raise ZoomLDMError(f"got {len(ids)} tile ids for {n} tile contexts")
+    device = pipe.device
+    ops = _Ops(pipe, unet or pipe.unet, config.guidance_w)
+    down, up = downsampler(size, k).to(device), upsampler(size, k).to(device)
+
+    # 1. guide: a fixed image, or a latent denoised alongside the tiles
+    if isinstance(guide, FixedGuide):
+        guide_img = guide.image.to(device=device, dtype=torch.float32)
+        if guide_img.dim() != 3 or guide_img.shape[1] % footprint or guide_img.shape[2] % footprint:
+            raise ZoomLDMError(
+                f"a fixed guide must be [3, H, W] with H, W multiples of the tile footprint {footprint}; "
+                f"got {tuple(guide_img.shape)}"
+            )
+        x_guide, guide_ctx = None, None
+        tiles_per_row = guide_img.shape[2] // footprint
+        n_tiles = tiles_per_row * (guide_img.shape[1] // footprint)
+    else:
+        guide_ctx = guide.context.to(device=device, dtype=torch.float32).reshape(1, *guide.context.shape[-2:])
+        x_guide = guide.noise.to(device=device, dtype=torch.float32).reshape(1, channels, latent, latent)
+        guide_img = None
+        tiles_per_row, n_tiles = k, k * k
+    if ids and (min(ids) < 0 or max(ids) >= n_tiles):
+        raise ZoomLDMError(f"tile ids must be in 0..{n_tiles - 1} for this guide; got {min(ids)}..{max(ids)}")
+
+    x_tiles = tile_noise.detach().float().cpu().clone()
+    if state is not None:
+        x_tiles = state[0].float().cpu().clone()
+        if x_guide is not None and state[1] is not None:
+            x_guide = state[1].to(device=device, dtype=torch.float32)
+    steps = strided_steps(pipe.config.schedule, config.t0, config.stride)
+    contexts = tile_contexts.to(device=device, dtype=torch.float32)
+    batches = [list(range(i, min(i + config.tile_batch, n))) for i in range(0, n, config.tile_batch)]
+
+    bar = make_progress() if progress_enabled(progress) else None
+    with bar if bar is not None else contextlib.nullcontext(), torch.no_grad():
+        outer = bar.add_task("joint sampling steps", total=len(steps), completed=start_step) if bar else None
+        inner = bar.add_task("tiles", total=n) if bar else None
+        for step in steps[start_step:]:
+            # 2. the guide at this step (SPEC §4.3: unconstrained; its x̂0 decoded and clamped is G)
+            if x_guide is not None:
+                eps_g = ops.eps(x_guide, step, guide_ctx)
+                x0_g = predict_x0(x_guide, eps_g, step)
+                guide_img = ops.decode(x0_g).clamp(-1, 1)[0]
+            # 3. tiles, batch by batch, through the Newton loop, then the outer update
+            if bar:
+                bar.reset(inner, total=n)
+            for batch in batches:
+                bids = [ids[i] for i in batch]
+                x = x_tiles[batch].to(device)
+                target = split_footprints(guide_img, footprint, bids, tiles_per_row)
+                x, eps, x0 = newton_constrain(ops, x, contexts[batch], target, step, config, down, up)
+                xi = keyed_normal(x.shape[1:], seed, "tile_step", bids, step.index, device)
+                x_tiles[batch] = strided_update(x0, eps, xi, step, config.variance_preserving_update).cpu()
+                if bar:
+                    bar.advance(inner, len(batch))
+            if x_guide is not None:
+                xi = keyed_normal(x_guide.shape[1:], seed, "guide_step", [0], step.index, device)
+                x_guide = strided_update(x0_g, eps_g, xi, step, config.variance_preserving_update)
+            if on_step is not None:
+                on_step(step.index, x_tiles, None if x_guide is None else x_guide.cpu())
+            if bar:
+                bar.advance(outer)
+
+        # 4. final guide image and the constraint metrics of the tiles (their own decode, before any
+        #    post-processing): down(decode(tile)) against the guide footprint
+        if x_guide is not None:
+            ops.vq_passes += 1
+            guide_img = pipe.decode_latents(x_guide)[0].float()
+        metrics = _tile_metrics(ops, x_tiles, ids, guide_img, footprint, tiles_per_row, k, config.tile_batch)
+    metrics.update(unet_forwards=ops.unet_forwards, vq_passes=ops.vq_passes)
+    return ConstrainedResult(
+        tiles=x_tiles,
+        tile_ids=ids,
+        guide_latent=None if x_guide is None else x_guide.cpu(),
+        guide_image=guide_img.cpu(),
+        metrics=metrics,
+    )
+
+
+def _tile_metrics(ops, x_tiles, ids, guide_img, footprint, tiles_per_row, k, batch) -> dict:
+    from .metrics import ConstraintAccumulator, to_levels
+
+    acc = ConstraintAccumulator(k)
+    for i in range(0, len(ids), batch):
+        z = x_tiles[i : i + batch].to(guide_img.device)
+        img = ops.decode(z).clamp(-1, 1)
+        target = split_footprints(guide_img, footprint, ids[i : i + batch], tiles_per_row)
+        acc.add(to_levels(img), to_levels(target))
+    return {"tiles_" + key: value for key, value in acc.result().items()}
