@@ -340,8 +340,11 @@ def resolve_checkpoint(spec: str | Path, config: str | None = None) -> Checkpoin
 def _download_from_hub(repo_id: str, subfolder: str | None) -> CheckpointSource:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.utils import logging as hf_logging
 
     prefix = f"{subfolder}/" if subfolder else ""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # offline, its retry warnings would bury our one-line message
     try:
         try:
             weights = hf_hub_download(repo_id, f"{prefix}weights.ckpt")
@@ -360,3 +363,5 @@ def _download_from_hub(repo_id: str, subfolder: str | None) -> CheckpointSource:
             f"could not get {repo_id}{'/' + subfolder if subfolder else ''} from the Hugging Face hub ({reason}); "
             "download the checkpoint on a machine with internet and pass its local path"
         ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -58,3 +58,18 @@ def test_contact_sheet_mixed_sizes_and_errors():
         contact_sheet([np.zeros((2, 2, 3), np.uint8)], ncols=0)
     with pytest.raises(ZoomLDMError, match="at least one"):
         contact_sheet([], ncols=2)
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the final file must get the umask's permissions."""
+    import os
+
+    from zoomldm.io.images import save_png
+
+    umask = os.umask(0o022)
+    try:
+        path = save_png(tmp_path / "p.png", np.zeros((4, 4, 3), dtype=np.uint8), {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

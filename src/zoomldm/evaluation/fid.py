@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ZoomLDMError
+from ..fsutil import atomic_path
 from .extractors import FeatureExtractor, describe
 from .frechet import FeatureStatistics, RunningStatistics, embedding_frechet_distance, frechet_distance
 
@@ -238,11 +238,8 @@ class FIDResult:
 
 
 def _write_json(path: Path, record: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 def fid_for_magnification(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 from scipy import linalg
 
 from ..errors import ZoomLDMError
+from ..fsutil import atomic_path
 
 
 def frechet_distance(
@@ -128,21 +128,14 @@ class FeatureStatistics:
         Written to a temporary file and renamed, so a crash never leaves a truncated cache.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    mu=self.mu,
-                    sigma=self.sigma,
-                    count=np.int64(self.count),
-                    meta=json.dumps(self.meta, default=str),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                mu=self.mu,
+                sigma=self.sigma,
+                count=np.int64(self.count),
+                meta=json.dumps(self.meta, default=str),
+            )
         return path
 
     @classmethod

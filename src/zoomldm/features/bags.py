@@ -17,8 +17,6 @@ kept on one side of every split (see :mod:`zoomldm.features.mil`).
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ZoomLDMError
+from ..fsutil import atomic_path
 
 #: file suffix of one slide's feature bag
 BAG_SUFFIX = ".h5"
@@ -121,19 +120,11 @@ def write_bag(
     coords = np.asarray(coords, dtype=np.int64)
     if features.ndim != 2 or coords.shape != (features.shape[0], 2):
         raise ZoomLDMError(f"features {features.shape} and coords {coords.shape} must be (N, dim) and (N, 2)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            f.create_dataset("coords", data=coords)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value if isinstance(value, (str, int, float, bool, np.generic)) else str(value)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features)
+        f.create_dataset("coords", data=coords)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value if isinstance(value, (str, int, float, bool, np.generic)) else str(value)
     return path
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ZoomLDMError
+from ..fsutil import atomic_path
 from .decode import DecodeConfig, decode_large_to
 from .metrics import ConstraintAccumulator, to_levels
 
@@ -193,10 +192,8 @@ class RunState:
 
         self.dir.mkdir(parents=True, exist_ok=True)
         data = {k: v.contiguous().cpu() for k, v in tensors.items() if v is not None}
-        fd, tmp = tempfile.mkstemp(prefix=f".{stage}.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        save_file(data, tmp, metadata={"fingerprint": self.fingerprint, "next_step": str(next_step)})
-        os.replace(tmp, self.dir / f"{stage}.safetensors")
+        with atomic_path(self.dir / f"{stage}.safetensors") as tmp:
+            save_file(data, str(tmp), metadata={"fingerprint": self.fingerprint, "next_step": str(next_step)})
 
     def clear(self) -> None:
         if self.dir is not None:
