@@ -7,7 +7,6 @@ User errors (:class:`zoomldm.errors.ZoomLDMError`) are printed as one line, exit
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
@@ -20,16 +19,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# One module per command group (data flow order).
-_COMMAND_MODULES = ["core", "prepare", "train", "large", "cdm", "evaluate", "features", "mil", "view"]
+# One module per command group, in data-flow order; each adds its commands with ``register(app)``.
+from . import cdm, core, evaluate, features, large, mil, prepare, train, view  # noqa: E402
 
-for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _err:  # a command group not written yet
-        if _err.name == f"{__name__}.{_name}":
-            continue
-        raise
+for _module in (core, prepare, train, cdm, large, evaluate, features, mil, view):
     _module.register(app)
 
 
