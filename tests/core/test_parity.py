@@ -18,12 +18,12 @@ SINGLE = 5e-5
 TRAJ = 2e-5
 
 
-def close_single(a: torch.Tensor, ref: torch.Tensor) -> None:
+def assert_close_single(a: torch.Tensor, ref: torch.Tensor) -> None:
     err = (a.float() - ref.float()).abs().max().item()
     assert err <= SINGLE * max(1.0, ref.abs().max().item()), err
 
 
-def close_traj(a: torch.Tensor, ref: torch.Tensor) -> None:
+def assert_close_traj(a: torch.Tensor, ref: torch.Tensor) -> None:
     err = (a.float() - ref.float()).abs().max().item()
     assert err <= TRAJ * ref.abs().max().item(), err
 
@@ -48,7 +48,9 @@ def test_unet(pipe, pipe_live, vectors, ema, zero_context):
     name = f"unet/eps_{'ema' if ema else 'live'}" + ("_zero_context" if zero_context else "")
     with torch.no_grad():
         for k, t in enumerate(vectors["unet/t"]):
-            close_single(p.unet(vectors["unet/x"], t, encoder_hidden_states=ctx).sample, vectors[name][k])
+            assert_close_single(
+                p.unet(vectors["unet/x"], t, encoder_hidden_states=ctx).sample, vectors[name][k]
+            )
 
 
 def test_live_and_ema_differ(pipe, pipe_live, vectors):
@@ -66,21 +68,21 @@ def test_summarizer_grid(pipe, vectors, g):
     with torch.no_grad():
         tokens = pipe.summarizer.embed_grids(vectors[f"summarizer/g{g}/ssl_feat"])
         out = pipe.summarizer(vectors[f"summarizer/g{g}/ssl_feat"], vectors[f"summarizer/g{g}/mag"])
-    close_single(tokens, vectors[f"summarizer/g{g}/tokens"])
-    close_single(out, vectors[f"summarizer/g{g}/out"])
+    assert_close_single(tokens, vectors[f"summarizer/g{g}/tokens"])
+    assert_close_single(out, vectors[f"summarizer/g{g}/out"])
 
 
 def test_summarizer_mixed_batch(pipe, vectors):
     grids = [vectors[f"summarizer/mixed/ssl_feat_{i}"] for i in range(4)]
     with torch.no_grad():
         out = pipe.summarizer(grids, vectors["summarizer/mixed/mag"])
-    close_single(out, vectors["summarizer/mixed/out"])
+    assert_close_single(out, vectors["summarizer/mixed/out"])
     assert out.shape == (4, 65, 64)
 
 
 def test_sample_cond(pipe, vectors):
     with torch.no_grad():
-        close_single(
+        assert_close_single(
             pipe.summarizer(vectors["sample/ssl_feat"], vectors["sample/mag"]), vectors["sample/cond"]
         )
 
@@ -91,11 +93,11 @@ def test_vq(pipe, vectors):
         quant, _, (_, _, idx) = pipe.vae.quantize(vectors["vq/prequant"])
         decoded = pipe.vae.decode(vectors["vq/prequant"]).sample
         decoded_nq = pipe.vae.decode(vectors["vq/prequant"], force_not_quantize=True).sample
-    close_single(prequant, vectors["vq/prequant"])
-    close_single(quant, vectors["vq/quant"])
+    assert_close_single(prequant, vectors["vq/prequant"])
+    assert_close_single(quant, vectors["vq/quant"])
     assert torch.equal(idx.reshape(vectors["vq/indices"].shape), vectors["vq/indices"])
-    close_single(decoded, vectors["vq/decoded"])
-    close_single(decoded_nq, vectors["vq/decoded_noquant"])
+    assert_close_single(decoded, vectors["vq/decoded"])
+    assert_close_single(decoded_nq, vectors["vq/decoded_noquant"])
 
 
 def test_schedule_buffers_exact(vectors, pipe):
@@ -118,15 +120,15 @@ def test_trajectory(pipe, vectors, name):
     )
     assert [c[0] for c in calls] == vectors[f"{name}/call_t"].tolist()
     for k, (t, x_call, _) in enumerate(calls):
-        close_traj(x_call, vectors[f"{name}/call_x"][k])
+        assert_close_traj(x_call, vectors[f"{name}/call_x"][k])
         with torch.no_grad():
             e_u = pipe.unet(x_call, t, encoder_hidden_states=torch.zeros_like(vectors["sample/cond"])).sample
             e_c = pipe.unet(x_call, t, encoder_hidden_states=vectors["sample/cond"]).sample
-        close_single(e_u, vectors[f"{name}/call_eps_uncond"][k])
-        close_single(e_c, vectors[f"{name}/call_eps_cond"][k])
-    close_traj(x, vectors[f"{name}/x_inter"][-1])
+        assert_close_single(e_u, vectors[f"{name}/call_eps_uncond"][k])
+        assert_close_single(e_c, vectors[f"{name}/call_eps_cond"][k])
+    assert_close_traj(x, vectors[f"{name}/x_inter"][-1])
     # decoding is checked on the stored sample (quantisation is discontinuous; compat README)
-    close_single(
+    assert_close_single(
         pipe.decode_latents(vectors[f"{name}/x_inter"][-1]), vectors[f"{name}/sample_decoded"].clamp(-1, 1)
     )
 
@@ -150,7 +152,7 @@ def test_ddim_pred_x0(pipe, vectors):
         with torch.no_grad():
             e = guided_eps(pipe.unet, x, t, vectors["sample/cond"], s)
         a = ac[t]
-        close_traj((x - (1 - a).sqrt() * e) / a.sqrt(), vectors["ddim/pred_x0"][k])
+        assert_close_traj((x - (1 - a).sqrt() * e) / a.sqrt(), vectors["ddim/pred_x0"][k])
 
 
 def test_large_image_guidance_formula(pipe, vectors):
@@ -161,7 +163,7 @@ def test_large_image_guidance_formula(pipe, vectors):
         eps = guided_eps(
             pipe.unet, vectors["largeimg/x"], torch.tensor(float(t)), vectors["sample/cond"], w + 1
         )
-    close_single(eps, vectors["largeimg/eps"])
+    assert_close_single(eps, vectors["largeimg/eps"])
 
 
 def test_dpm_solver_and_bf16_run(pipe, vectors):
