@@ -26,3 +26,20 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Move a finished ``staging`` directory to ``target``, replacing an existing one by renames only
+    (the old copy is moved aside first and removed last, so ``target`` is never half-written)."""
+    import shutil
+
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    return target

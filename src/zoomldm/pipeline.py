@@ -11,7 +11,6 @@ diffusers ``VQModel``, ``.summarizer`` our :class:`~zoomldm.models.Summarizer`) 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import torch
 from .conditioning import prepare_grid
 from .config import ZoomLDMConfig
 from .errors import ZoomLDMError
+from .fsutil import replace_dir
 from .models import Summarizer, build_unet, build_vae, use_official_quantizer
 from .sampling.denoise import denoise as _denoise
 from .scales import Magnification, Scales
@@ -178,14 +178,7 @@ class ZoomLDMPipeline:
                 "provenance": dict(self.provenance, **(extra or {})),
             }
             (tmp / "zoomldm.json").write_text(json.dumps(meta, indent=2, default=str))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
+            replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return directory

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ZoomLDMError
+from ..fsutil import replace_dir
 
 CHECKPOINTS = "checkpoints"
 STATE = "training_state"
@@ -118,15 +119,7 @@ def clean_staging(output_dir: str | Path) -> None:
 
 def publish(staging: Path, output_dir: str | Path, step: int) -> Path:
     """Atomically rename a finished staging directory to ``checkpoints/step-…`` (replacing one of that step)."""
-    final = Path(output_dir) / CHECKPOINTS / checkpoint_name(step)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+    final = replace_dir(staging, Path(output_dir) / CHECKPOINTS / checkpoint_name(step))
     _fsync_dir(final.parent)
     return final
 
