@@ -16,16 +16,12 @@ import argparse
 import time
 
 import torch
+from _common import sync
 
 from zoomldm.models.cdm import ConditioningDiT
 from zoomldm.models.cdm_diffusion import CDMDiffusion, sample_cdm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def time_cdm(model: ConditioningDiT, batch: int, steps: int, device: str) -> float:

@@ -17,16 +17,12 @@ import time
 from pathlib import Path
 
 import torch
+from _common import sync
 
 from zoomldm.config import ZoomLDMConfig
 from zoomldm.io import PyramidalTiffWriter
 from zoomldm.models.autoencoder import build_vae
 from zoomldm.sampling.decode import DecodeConfig, decode_large, decode_large_to, window_starts
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -58,18 +54,18 @@ def main() -> None:
         vae.decode(latent[:, :, :16, :16])
     rows: list[tuple[str, int, float, float]] = []
     if not args.no_full:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with torch.inference_mode():
             vae.decode(latent).sample.float().cpu()
-        _sync(device)
+        sync(device)
         rows.append(("full decode (1 pass)", 1, time.perf_counter() - start, 1.0))
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         cfg = DecodeConfig(batch_size=batch)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         decode_large(vae, latent, cfg, progress=False)
-        _sync(device)
+        sync(device)
         rows.append((f"windows 64/16, batch {batch}", n, time.perf_counter() - start, work))
     with tempfile.TemporaryDirectory() as tmp:
         batch = int(args.batch_sizes.split(",")[-1])

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import sync
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +82,10 @@ def timed(fn, repeats: int, device: str, clock=time.perf_counter) -> float:
     fn()
     best = float("inf")
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(device)
         start = clock()
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(device)
         best = min(best, clock() - start)
     return best
 

@@ -15,6 +15,7 @@ import argparse
 import time
 
 import torch
+from _common import matmul_rate, sync
 from torch.utils.flop_counter import FlopCounterMode
 
 from zoomldm import ZoomLDMPipeline
@@ -22,26 +23,6 @@ from zoomldm.sampling.guidance import guided_eps
 from zoomldm.schedule import make_scheduler
 
 BRIEF_FLOOR_GFLOP = 201.0  # per UNet forward at 64×64, from the project brief
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def matmul_rate(device: str, dtype: torch.dtype, n: int = 4096, reps: int = 20) -> float:
-    """Measured dense matmul TFLOP/s (the practical peak the UNet is compared against)."""
-    if device == "cpu":
-        n, reps = 1024, 10
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
 
 def unet_flops(pipe: ZoomLDMPipeline) -> float:

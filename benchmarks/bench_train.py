@@ -22,6 +22,7 @@ import resource
 import time
 
 import torch
+from _common import matmul_rate, sync
 from torch.utils.flop_counter import FlopCounterMode
 
 from zoomldm.config import ZoomLDMConfig
@@ -32,24 +33,6 @@ from zoomldm.train.objective import ZoomLDMTrainingModel, diffusion_loss, traini
 from zoomldm.train.optim import build_optimizer
 
 GRID_SIDES = (1, 2, 4, 8, 8, 8, 8, 8)  # per pathology level after pooling to ≤ 8×8
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def matmul_rate(device: str, dtype: torch.dtype) -> float:
-    n, reps = (4096, 20) if device.startswith("cuda") else (1024, 10)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
 
 def batch(cfg: ZoomLDMConfig, bs: int, device: str, seed: int = 0):

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,11 +33,11 @@ from .checkpointing import (
     PROGRESS,
     STATE,
     Progress,
-    checkpoint_name,
-    clean_staging,
-    publish,
-    staging_path,
+    list_checkpoints,
+    noise_rng_path,
+    save_checkpoint,
 )
+from .interrupt import stop_vote
 
 CDM_DIR = "cdm"
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -105,9 +103,8 @@ def _complete(path: Path) -> bool:
 
 
 def list_cdm_checkpoints(output_dir: str | Path) -> list[Path]:
-    root = Path(output_dir) / CHECKPOINTS
-    found = [p for p in root.glob("step-*") if p.is_dir() and _complete(p)] if root.is_dir() else []
-    return sorted(found)
+    """Complete CDM checkpoints of a run, oldest first."""
+    return [path for _, path in list_checkpoints(output_dir, complete=_complete)]
 
 
 def resolve_cdm_resume(spec: str | None, output_dir: str | Path) -> Path | None:
@@ -217,7 +214,7 @@ class CDMTrainer:
             self.state = Progress(
                 **{**saved.__dict__, "world_size": acc.num_processes, "batch_size": per_rank, "seed": c.seed}
             )
-            rng = self.resume_from / STATE / f"noise_rng_{acc.process_index}.safetensors"
+            rng = noise_rng_path(self.resume_from, acc.process_index)
             if rng.is_file():
                 self.generator.set_state(load_file(str(rng))["state"])
             self.info(f"resumed from {self.resume_from} at step {self.state.step}")
@@ -260,7 +257,7 @@ class CDMTrainer:
                     st.step += 1
                     st.samples_seen += c.batch_size
                     result.losses.append(loss)
-                    stop = self._stop_vote()
+                    stop = stop_vote(self.accelerator, self._stop_requested)
                     last = st.step >= c.max_steps
                     if bar:
                         bar.update(task, completed=st.step, description=f"training the CDM (loss {loss:.4f})")
@@ -292,50 +289,38 @@ class CDMTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def _stop_vote(self) -> bool:
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return self._stop_requested
-        flag = torch.tensor(float(self._stop_requested), device=acc.device)
-        return bool(acc.reduce(flag, reduction="sum").item() > 0)
-
     # -- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """``checkpoints/step-…/{cdm/ (EMA, our format), training_state/}``, published atomically."""
-        from safetensors.torch import save_file
-
-        acc, st = self.accelerator, self.state
-        staging = staging_path(self.output_dir, st.step)
-        if acc.is_main_process:
-            clean_staging(self.output_dir)
-            staging.parent.mkdir(parents=True, exist_ok=True)
-            self.ema.save_pretrained(staging / CDM_DIR)  # safetensors + config.json
-            (staging / CDM_DIR / "provenance.json").write_text(
-                json.dumps(
-                    {"step": st.step, "weights": "ema", "ema_decay": self.config.ema_decay, **self.source},
-                    indent=2,
-                    default=str,
-                )
-            )
-        acc.wait_for_everyone()
-        acc.save_state(str(staging / STATE), safe_serialization=True)
-        save_file(
-            {"state": self.generator.get_state()},
-            str(staging / STATE / f"noise_rng_{acc.process_index}.safetensors"),
+        """``checkpoints/step-…/{cdm/ (EMA, our format), training_state/}``, published atomically
+        (:func:`~.checkpointing.save_checkpoint`)."""
+        return save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            self.state,
+            self.generator,
+            self._write_cdm,
+            keep=self.config.keep_checkpoints,
+            complete=_complete,
+            log=self.info,
         )
-        acc.wait_for_everyone()
-        final = self.output_dir / CHECKPOINTS / checkpoint_name(st.step)
-        if acc.is_main_process:
-            (staging / STATE / PROGRESS).write_text(st.to_json())  # the completion mark, written last
-            final = publish(staging, self.output_dir, st.step)
-            keep = self.config.keep_checkpoints
-            for old in list_cdm_checkpoints(self.output_dir)[:-keep] if keep > 0 else []:
-                trash = old.with_name(f".{old.name}.deleting")
-                os.replace(old, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            self.info(f"checkpoint {final}")
-        acc.wait_for_everyone()
-        return final
+
+    def _write_cdm(self, staging: Path) -> None:
+        """``cdm/``: the EMA model in our format (safetensors + config.json) and its provenance (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        self.ema.save_pretrained(staging / CDM_DIR)
+        (staging / CDM_DIR / "provenance.json").write_text(
+            json.dumps(
+                {
+                    "step": self.state.step,
+                    "weights": "ema",
+                    "ema_decay": self.config.ema_decay,
+                    **self.source,
+                },
+                indent=2,
+                default=str,
+            )
+        )
 
     def _signals(self):
         """SIGINT/SIGTERM: finish the step, save, exit; a second SIGINT aborts at once."""

@@ -14,6 +14,10 @@ The EMA is not stored twice: ``unet/`` *is* the EMA (float32, bit-exact), and th
 progress.json. A checkpoint is built in ``checkpoints/.step-….partial`` and renamed into place when
 complete, so a ``step-*`` directory is always whole; a crash or Ctrl-C during a save leaves the previous
 checkpoints untouched and only a ``.partial`` directory, which the next save removes.
+
+:func:`save_checkpoint` is that sequence, shared by the ZoomLDM trainer and the CDM trainer (whose
+checkpoints hold ``cdm/`` instead of our pipeline format); each passes in what it writes besides
+``training_state/``.
 """
 
 from __future__ import annotations
@@ -22,11 +26,17 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ZoomLDMError
 from ..fsutil import replace_dir
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
 
 CHECKPOINTS = "checkpoints"
 STATE = "training_state"
@@ -65,18 +75,21 @@ def checkpoint_name(step: int) -> str:
 
 
 def is_complete(path: Path) -> bool:
+    """A ZoomLDM checkpoint: our format (``zoomldm.json``) and the completion mark ``training_state/progress.json``."""
     return (path / "zoomldm.json").is_file() and (path / STATE / PROGRESS).is_file()
 
 
-def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
+def list_checkpoints(
+    output_dir: str | Path, complete: Callable[[Path], bool] = is_complete
+) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first; ``complete`` says which ``step-…`` directories count."""
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _NAME.match(path.name)
-        if match and path.is_dir() and is_complete(path):
+        if match and path.is_dir() and complete(path):
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -102,6 +115,11 @@ def resolve_resume(spec: str | None, output_dir: str | Path) -> Path | None:
     return path
 
 
+def noise_rng_path(checkpoint: str | Path, rank: int) -> Path:
+    """Where process ``rank`` keeps its noise generator's state in a checkpoint (or its staging directory)."""
+    return Path(checkpoint) / STATE / f"noise_rng_{rank}.safetensors"
+
+
 def staging_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS / f".{checkpoint_name(step)}.partial"
 
@@ -124,17 +142,83 @@ def publish(staging: Path, output_dir: str | Path, step: int) -> Path:
     return final
 
 
-def prune(output_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: keep all); returns the deleted ones."""
+def prune(output_dir: str | Path, keep: int, complete: Callable[[Path], bool] = is_complete) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: keep all); returns the deleted ones.
+    ``complete`` says which checkpoints count (see :func:`list_checkpoints`); others are left alone."""
     if keep <= 0:
         return []
-    found = list_checkpoints(output_dir)
+    found = list_checkpoints(output_dir, complete)
     doomed = [path for _, path in found[:-keep]]
     for path in doomed:
         trash = path.with_name(f".{path.name}.deleting")
         os.replace(path, trash)  # never leave a half-deleted checkpoint that looks complete
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    progress: Progress,
+    generator: torch.Generator,
+    write_files: Callable[[Path], None],
+    *,
+    keep: int = 0,
+    complete: Callable[[Path], bool] = is_complete,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Write ``checkpoints/step-<progress.step>`` of a run atomically; every process calls it, in step.
+
+    The sequence (``wait`` is ``accelerator.wait_for_everyone()``):
+
+    1. main process: :func:`clean_staging` (leftovers of an interrupted save) and create ``checkpoints/``;
+       wait;
+    2. every process: ``write_files(staging)``, the trainer's own part of the checkpoint (its model in
+       its own format, provenance, …). It runs before anything else is written to ``staging``, so it may
+       create ``staging`` itself (e.g. by renaming a temporary directory to it); it may be collective
+       (an FSDP state-dict gather), and processes that have nothing to write simply return; wait;
+    3. every process: ``accelerator.save_state(staging/training_state)`` (safetensors) and its noise
+       generator as ``training_state/noise_rng_<rank>.safetensors``; wait;
+    4. main process: ``training_state/progress.json`` (the completion mark, written last),
+       :func:`publish` (rename to ``step-…``), :func:`prune` to the newest ``keep`` (0: keep all) of the
+       checkpoints ``complete`` accepts, and ``log("checkpoint <path>")``; wait.
+
+    Args:
+        accelerator: the run's ``accelerate.Accelerator``.
+        output_dir: the run's directory (checkpoints go to ``output_dir/checkpoints``).
+        progress: the training position; its ``step`` names the checkpoint, and it is stored as progress.json.
+        generator: this process's noise generator (of t, ε and dropout), saved for an exact resume.
+        write_files: writes the trainer-specific files into the staging directory (see step 2).
+        keep: how many checkpoints to keep after this one is published; 0 keeps all.
+        complete: which ``step-…`` directories are complete checkpoints of this kind of run (for pruning).
+        log: receives one line naming the published checkpoint (main process).
+
+    Returns:
+        The published checkpoint directory (the same path on every process).
+    """
+    from safetensors.torch import save_file
+
+    output_dir = Path(output_dir)
+    acc, step = accelerator, progress.step
+    staging = staging_path(output_dir, step)
+    if acc.is_main_process:
+        clean_staging(output_dir)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    write_files(staging)  # before anyone else writes to ``staging``: it may rename its own temp dir to it
+    acc.wait_for_everyone()
+    acc.save_state(str(staging / STATE), safe_serialization=True)
+    save_file({"state": generator.get_state()}, str(noise_rng_path(staging, acc.process_index)))
+    acc.wait_for_everyone()
+    final = output_dir / CHECKPOINTS / checkpoint_name(step)
+    if acc.is_main_process:
+        (staging / STATE / PROGRESS).write_text(progress.to_json())  # the completion mark, written last
+        final = publish(staging, output_dir, step)
+        prune(output_dir, keep, complete)
+        if log is not None:
+            log(f"checkpoint {final}")
+    acc.wait_for_everyone()
+    return final
 
 
 def _fsync_dir(path: Path) -> None:

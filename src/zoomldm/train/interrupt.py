@@ -10,7 +10,10 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @contextlib.contextmanager
@@ -32,3 +35,17 @@ def stop_requests(owner: Any) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def stop_vote(accelerator: Accelerator, requested: bool) -> bool:
+    """Whether any process was asked to stop (``requested`` is this process's flag), so that all ranks stop
+    at the same step: one tiny all-reduce per step when there are several processes, none for one.
+
+    Every process must call it at the same point of the loop (it is a collective).
+    """
+    if accelerator.num_processes == 1:
+        return requested
+    import torch
+
+    flag = torch.tensor(float(requested), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)

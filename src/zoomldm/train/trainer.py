@@ -13,7 +13,8 @@
    checkpoints; SIGINT/SIGTERM finish the step, save and exit.
 
 Distributed work is accelerate's (DDP gradient all-reduce, FSDP sharding, ``save_state``); the only
-collective written here is the per-step "stop requested?" vote, so that all ranks stop at the same step.
+collective of our own is the per-step "stop requested?" vote (:func:`.interrupt.stop_vote`), so that all
+ranks stop at the same step.
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ from accelerate.utils import DistributedType
 
 from ..errors import ConfigError
 from .checkpointing import (
-    PROGRESS,
     STATE,
     Progress,
-    clean_staging,
     list_checkpoints,
-    prune,
-    publish,
+    noise_rng_path,
     resolve_resume,
-    staging_path,
+    save_checkpoint,
 )
 from .config import TrainConfig
+from .interrupt import stop_vote
 
 StepCallback = Callable[["Trainer", int], None]
 
@@ -303,7 +302,7 @@ class Trainer:
         acc = self.accelerator
         acc.load_state(str(checkpoint / STATE))
         saved = Progress.read(checkpoint)
-        rng = checkpoint / STATE / f"noise_rng_{acc.process_index}.safetensors"
+        rng = noise_rng_path(checkpoint, acc.process_index)
         if rng.is_file():
             self.generator.set_state(load_file(str(rng))["state"])
         if self.ema is not None:
@@ -386,7 +385,7 @@ class Trainer:
                 speed.add(0, 1)
                 for callback in self.callbacks:
                     callback(self, st.step)
-                stop = self._stop_vote()
+                stop = stop_vote(self.accelerator, self._stop_requested)
                 last = st.step >= c.train.max_steps
                 if st.step % c.logging.every == 0 or last or stop:
                     result.losses.extend(torch.stack(pending).float().cpu().tolist())
@@ -409,14 +408,6 @@ class Trainer:
         if result.interrupted:
             self.info(f"stopped at step {st.step}; checkpoint saved. Rerun the same command to resume.")
         return result
-
-    def _stop_vote(self) -> bool:
-        """All ranks stop at the same step if any rank was asked to (one tiny all-reduce per step)."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return self._stop_requested
-        flag = torch.tensor(float(self._stop_requested), device=acc.device)
-        return bool(acc.reduce(flag, reduction="sum").item() > 0)
 
     # -- reporting ----------------------------------------------------------------------------------------
     def _bar(self, start: int):
@@ -522,31 +513,20 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-…`` atomically (see :mod:`.checkpointing`); returns its path."""
-        from safetensors.torch import save_file
+        """Write ``checkpoints/step-…`` atomically (:func:`~.checkpointing.save_checkpoint`); returns its path.
 
-        acc, st = self.accelerator, self.state
-        staging = staging_path(self.output_dir, st.step)
-        if acc.is_main_process:
-            clean_staging(self.output_dir)
-            staging.parent.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        self._export_pipeline(staging)  # renames its own temp dir to ``staging``: before anyone writes there
-        acc.wait_for_everyone()
-        acc.save_state(str(staging / STATE), safe_serialization=True)
-        save_file(
-            {"state": self.generator.get_state()},
-            str(staging / STATE / f"noise_rng_{acc.process_index}.safetensors"),
+        Besides ``training_state/`` it holds our pipeline format (:meth:`_export_pipeline`: EMA UNet, live
+        Summarizer, VQ-f4), which ``save_pretrained`` renames into the staging directory itself.
+        """
+        return save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            self.state,
+            self.generator,
+            self._export_pipeline,
+            keep=self.config.checkpoint.keep,
+            log=self.info,
         )
-        acc.wait_for_everyone()
-        final = staging.parent / staging.name[1:].removesuffix(".partial")
-        if acc.is_main_process:
-            (staging / STATE / PROGRESS).write_text(st.to_json())  # the completion mark, written last
-            final = publish(staging, self.output_dir, st.step)
-            prune(self.output_dir, self.config.checkpoint.keep)
-            self.info(f"checkpoint {final}")
-        acc.wait_for_everyone()
-        return final
 
     def _export_pipeline(self, directory: Path) -> None:
         """Our format with the EMA UNet and the live Summarizer (main process writes; FSDP gathers)."""
