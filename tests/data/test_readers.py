@@ -21,14 +21,8 @@ from zoomldm.data.tiling import base_grid, read_region
 from zoomldm.errors import ZoomLDMError
 
 
-@pytest.fixture(scope="module")
-def slide_1024(tmp_path_factory, brca_image, pyramid_tiff):
-    path = tmp_path_factory.mktemp("readers") / "crop.tif"
-    return pyramid_tiff(path, brca_image[1024:2048, 1024:2048], mpp=0.5, levels=3)
-
-
-def test_all_tiff_backends_agree_on_levels_resolution_and_pixels(slide_1024):
-    readers = [cls(slide_1024) for cls in (OpenSlideReader, TiffSlideReader, TifffileReader)]
+def test_all_tiff_backends_agree_on_levels_resolution_and_pixels(brca_slide_1024):
+    readers = [cls(brca_slide_1024) for cls in (OpenSlideReader, TiffSlideReader, TifffileReader)]
     reference = readers[0]
     assert reference.level_dimensions == [(1024, 1024), (512, 512), (256, 256)]
     assert reference.level_downsamples == [1.0, 2.0, 4.0]
@@ -41,12 +35,12 @@ def test_all_tiff_backends_agree_on_levels_resolution_and_pixels(slide_1024):
         assert np.abs(reader.read(256, 512, 256, 256, (256, 256)).astype(int) - region).max() <= 2
         assert np.abs(reader.read(0, 0, 1024, 1024, (256, 256)).astype(int) - coarse).max() <= 2
         reader.close()
-    with tifffile.TiffFile(slide_1024) as tif:
+    with tifffile.TiffFile(brca_slide_1024) as tif:
         np.testing.assert_allclose(coarse, tif.series[0].levels[2].asarray(), atol=2)
 
 
-def test_open_image_prefers_openslide_and_reads_the_nearest_finer_level(slide_1024):
-    with open_image(slide_1024) as reader:
+def test_open_image_prefers_openslide_and_reads_the_nearest_finer_level(brca_slide_1024):
+    with open_image(brca_slide_1024) as reader:
         assert reader.backend == "openslide"
         assert reader.resolution.source == "openslide.mpp-x"
         assert [reader.best_level(d) for d in (1, 1.9, 2, 3.5, 4, 100)] == [0, 0, 1, 1, 2, 2]
@@ -57,17 +51,17 @@ def test_open_image_prefers_openslide_and_reads_the_nearest_finer_level(slide_10
         np.testing.assert_array_equal(out, expected)
 
 
-def test_base_magnification_is_chosen_by_resolution(slide_1024):
+def test_base_magnification_is_chosen_by_resolution(brca_slide_1024):
     """The same pixels declared as 40x (0.25 µm/px): 20x base tiles cover 512 level-0 px and come from
     pyramid level 1, the 0.5 µm/px level, without resampling."""
-    with open_image(slide_1024, mpp=0.25) as reader:
+    with open_image(brca_slide_1024, mpp=0.25) as reader:
         grid = base_grid(reader, level0_resolution(reader, "um"), base_mpp=0.5)
         assert (grid.scale, grid.width, grid.rows) == (2.0, 512, 2)
         tile = read_region(reader, grid, 1, 0, span=1)
         np.testing.assert_array_equal(tile, reader.read(0, 512, 512, 512, (256, 256)))
         np.testing.assert_allclose(tile, reader._read_level(1, 0, 512, 256, 256), atol=0)
     with (
-        open_image(slide_1024, mpp=1.0) as reader,
+        open_image(brca_slide_1024, mpp=1.0) as reader,
         pytest.raises(ZoomLDMError, match="coarser than the base"),
     ):
         base_grid(reader, 1.0, base_mpp=0.5)  # 10x scan: 20x tiles would be upsampled

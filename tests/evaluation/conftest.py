@@ -11,18 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from _fixtures import one_thread
 from zoomldm.evaluation.extractors import CallableExtractor
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """One torch thread: on a busy 2-core machine two threads ran these small convs 10-15x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _crops(path: Path, box: tuple[int, int, int, int], size: int) -> np.ndarray:

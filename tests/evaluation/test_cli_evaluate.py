@@ -9,17 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zoomldm.cli import main
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from _fixtures import run_cli
 
 
 def test_eval_fid_with_a_domain_encoder_and_record(crop_dirs, tmp_path, capsys) -> None:
@@ -47,7 +37,7 @@ def test_eval_fid_with_a_domain_encoder_and_record(crop_dirs, tmp_path, capsys) 
         "--device",
         "cpu",
     ]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert out.startswith("FID 2.5x: ") and "24 generated vs 24 real" in out
     record = json.loads((tmp_path / "fid_2_5x.json").read_text())
@@ -70,9 +60,9 @@ def test_eval_fid_errors_are_one_line(crop_dirs, tmp_path, capsys, monkeypatch) 
         "--out",
         str(tmp_path),
     ]
-    code, _, err = run([*base, "--magnification", "5x"], capsys)
+    code, _, err = run_cli([*base, "--magnification", "5x"], capsys)
     assert code == 2 and "--inception-weights" in err and "Traceback" not in err
-    code, _, err = run([*base, "--magnification", "7x"], capsys)
+    code, _, err = run_cli([*base, "--magnification", "7x"], capsys)
     assert code == 2 and "unknown pathology magnification" in err
 
 
@@ -81,7 +71,7 @@ def test_eval_constraint_on_a_real_image(data_dir, tmp_path, capsys) -> None:
         high = image.convert("RGB").crop((0, 0, 512, 512))
     high.save(tmp_path / "high.png")
     high.reduce(4).save(tmp_path / "guide.png")  # PIL's box reduce: the area filter, rounded to 8 bits
-    code, out, err = run(
+    code, out, err = run_cli(
         [
             "eval",
             "constraint",
@@ -95,7 +85,7 @@ def test_eval_constraint_on_a_real_image(data_dir, tmp_path, capsys) -> None:
     assert code == 0, err and out.startswith("PSNR ")
     record = json.loads((tmp_path / "c.json").read_text())
     assert record["max_abs"] <= 0.5 and record["psnr"] > 55 and record["filter"] == "area"
-    code, _, err = run(
+    code, _, err = run_cli(
         ["eval", "constraint", str(tmp_path / "high.png"), str(tmp_path / "missing.png")], capsys
     )
     assert code == 2 and "image not found" in err
@@ -105,6 +95,8 @@ def test_eval_embedding_fd(tmp_path, capsys) -> None:
     tokens = np.random.default_rng(0).normal(size=(100, 65, 2))
     np.save(tmp_path / "a.npy", tokens)
     torch.save(torch.from_numpy(tokens + 1.0), tmp_path / "b.pt")
-    code, out, err = run(["eval", "embedding-fd", str(tmp_path / "a.npy"), str(tmp_path / "b.pt")], capsys)
+    code, out, err = run_cli(
+        ["eval", "embedding-fd", str(tmp_path / "a.npy"), str(tmp_path / "b.pt")], capsys
+    )
     assert code == 0, err
     assert float(out.split(":")[1]) == pytest.approx(130.0, rel=1e-6)  # a shift of 1 in 130 dimensions

@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mil_synthetic import FAST, SyntheticCohort, make_cohort, one_thread, tile_pools  # noqa: E402
+from mil_synthetic import FAST, SyntheticCohort, make_cohort, tile_pools  # noqa: E402
 
+from _fixtures import one_thread  # noqa: E402
 from zoomldm.features.mil import CVResult, cross_validate  # noqa: E402
 
 

@@ -10,15 +10,12 @@ tiles, so the label is carried by a few tiles of one kind, as in tumour-detectio
 
 from __future__ import annotations
 
-import contextlib
 import csv
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
-import torch
 from PIL import Image
 
 from zoomldm.features.bags import write_bag
@@ -26,17 +23,6 @@ from zoomldm.features.mil import MILConfig
 
 #: the tests use lr 1e-3 (10× the default) so that a few epochs suffice on CPU; everything else is default
 FAST = MILConfig(folds=3, epochs=5, patience=3, lr=1e-3)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Bag-per-step training of a small MLP is dominated by per-op overhead, which threads only add to."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 TILE = 64

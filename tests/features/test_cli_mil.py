@@ -7,10 +7,10 @@ import csv
 import numpy as np
 import pytest
 import typer
-from mil_synthetic import one_thread
 from PIL import Image
 from typer.testing import CliRunner
 
+from _fixtures import one_thread
 from zoomldm.cli import mil as mil_cli
 from zoomldm.errors import ZoomLDMError
 from zoomldm.features.bags import write_bag

@@ -12,10 +12,10 @@ import json
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from PIL import Image
 
+from _fixtures import tiny_vq, write_pyramid_tiff
 from zoomldm.data.extract import SlideSource
 from zoomldm.errors import ZoomLDMError
 from zoomldm.features.bags import read_bag
@@ -36,24 +36,13 @@ GLASS = (slice(256, 512), slice(0, 512))
 
 def write_slide(path, image: np.ndarray) -> np.ndarray:
     """Two-level tiled TIFF (deflate: lossless, so every reader sees the same pixels); returns level 1."""
-    ppcm = 1e4 / MPP
-    level1 = np.asarray(Image.fromarray(image).reduce(2))
-    options = dict(tile=(256, 256), compression="zlib", photometric="rgb", resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(path) as tif:
-        tif.write(image, resolution=(ppcm, ppcm), **options)
-        tif.write(level1, subfiletype=1, resolution=(ppcm / 2, ppcm / 2), **options)
-    return level1
+    write_pyramid_tiff(path, image, MPP, levels=2, compression="zlib", min_side=0)
+    return np.asarray(Image.fromarray(image).reduce(2))
 
 
 @pytest.fixture(scope="module")
-def brca(data_dir):
-    image = Image.open(data_dir / "brca_001.jpeg")
-    return np.asarray(image.convert("RGB"))
-
-
-@pytest.fixture(scope="module")
-def slide(brca, tmp_path_factory):
-    image = brca[: ROWS * 256, : COLS * 256].copy()
+def slide(brca_image, tmp_path_factory):
+    image = brca_image[: ROWS * 256, : COLS * 256].copy()
     image[GLASS] = 245
     folder = tmp_path_factory.mktemp("slides")
     level1 = write_slide(folder / "brca_crop.tif", image)
@@ -70,45 +59,19 @@ def compat_pipe(small_checkpoint, small_config):
 
 @pytest.fixture(scope="module")
 def fast_pipe(small_checkpoint, small_config):
-    from diffusers import VQModel
-
     from zoomldm.pipeline import ZoomLDMPipeline
 
     pipe = ZoomLDMPipeline.from_official(small_checkpoint, config=small_config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        pipe.vae = VQModel(
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(4, 4, 4),
-            layers_per_block=1,
-            latent_channels=3,
-            num_vq_embeddings=64,
-            vq_embed_dim=3,
-            norm_num_groups=2,
-            mid_block_add_attention=False,
-        ).eval()
+    pipe.vae = tiny_vq(4)
     pipe.provenance["vae"] = "narrow random VQ-f4 (test)"
     return pipe
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    """A random 2-block timm ViT with 32-d embeddings: the compat Summarizer's input width."""
-    from zoomldm.data.encoders import build_encoder
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return build_encoder(
-            "timm:vit_tiny_patch16_224", weights="random", embed_dim=32, depth=2, num_heads=2, img_size=64
-        )
-
-
-@pytest.fixture(scope="module")
-def extracted(slide, fast_pipe, encoder, tmp_path_factory):
+def extracted(slide, fast_pipe, tiny_encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("features")
     report = extract_features(
-        slide[0], out, fast_pipe, encoder, FeatureSettings(batch_size=8), progress=False
+        slide[0], out, fast_pipe, tiny_encoder, FeatureSettings(batch_size=8), progress=False
     )
     return out, report
 
@@ -117,11 +80,11 @@ def _tiles(image: np.ndarray, rows_cols) -> np.ndarray:
     return np.stack([image[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] for r, c in rows_cols])
 
 
-def test_noise_timestep_and_hooks_on_the_compat_model(compat_pipe, brca):
+def test_noise_timestep_and_hooks_on_the_compat_model(compat_pipe, brca_image):
     unet = compat_pipe.unet
     blocks = parse_blocks("mid,up0,up1,up2,up3", len(unet.up_blocks))
     extractor = UNetFeatureExtractor(compat_pipe, blocks, timestep=150, seed=3)
-    images = _tiles(brca, [(5, 5), (9, 2)])
+    images = _tiles(brca_image, [(5, 5), (9, 2)])
     grids = [torch.randn(32, 1, 1, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     seen: dict[str, torch.Tensor] = {}
     pre = unet.conv_in.register_forward_pre_hook(lambda m, args: seen.__setitem__("x_t", args[0]))
@@ -146,8 +109,8 @@ def test_noise_timestep_and_hooks_on_the_compat_model(compat_pipe, brca):
     np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_features_are_deterministic_batch_independent_and_conditioned(fast_pipe, brca):
-    images = _tiles(brca, [(1, 1), (12, 3)])
+def test_features_are_deterministic_batch_independent_and_conditioned(fast_pipe, brca_image):
+    images = _tiles(brca_image, [(1, 1), (12, 3)])
     grids = [torch.randn(32, 1, 1, generator=torch.Generator().manual_seed(i)) for i in range(2)]
 
     def features(seed=0, imgs=images, conds=grids, mag="20x"):
@@ -188,14 +151,14 @@ def test_slide_features_shapes_coords_and_attributes(extracted, fast_pipe):
     assert json.loads(a["ssl_encoder"])["dim"] == 32
 
 
-def test_each_tile_is_fused_with_the_5x_region_containing_it(extracted, slide, fast_pipe, encoder):
+def test_each_tile_is_fused_with_the_5x_region_containing_it(extracted, slide, fast_pipe, tiny_encoder):
     out, _ = extracted
     _, image, level1 = slide
     bag = read_bag(out / "brca_crop.h5")
     tiles = bag.coords[:, ::-1] // 256
     extractor = UNetFeatureExtractor(fast_pipe, ("mid", "up1"), 100, seed=0)
     # the 20x half: each tile conditioned on its own embedding
-    own = encoder.embed(_tiles(image, tiles)).half().float()
+    own = tiny_encoder.embed(_tiles(image, tiles)).half().float()
     np.testing.assert_allclose(
         bag.features[:, :64],
         extractor(_tiles(image, tiles), [e[:, None, None] for e in own], "20x"),
@@ -216,7 +179,7 @@ def test_each_tile_is_fused_with_the_5x_region_containing_it(extracted, slide, f
             )
         )
         base = _tiles(canvas, [(r, c) for r in range(4) for c in range(c0, c0 + 4)])
-        grid = encoder.embed(base).half().float().T.reshape(32, 4, 4)
+        grid = tiny_encoder.embed(base).half().float().T.reshape(32, 4, 4)
         expected = extractor(region[None], [grid], "5x")[0]
         rows = (blocks == (r0, c0)).all(axis=1)
         np.testing.assert_allclose(
@@ -234,21 +197,23 @@ def test_fusion_modes():
     np.testing.assert_array_equal(mean, [[5, 10.5], [16, 21.5], [17, 22.5]])
 
 
-def test_rerun_skips_finished_slides_and_refuses_other_settings(extracted, slide, fast_pipe, encoder):
+def test_rerun_skips_finished_slides_and_refuses_other_settings(extracted, slide, fast_pipe, tiny_encoder):
     out, _ = extracted
     before = (out / "brca_crop.h5").stat().st_mtime_ns
     report = extract_features(
-        slide[0], out, fast_pipe, encoder, FeatureSettings(batch_size=8), progress=False
+        slide[0], out, fast_pipe, tiny_encoder, FeatureSettings(batch_size=8), progress=False
     )
     assert {s.id: s.status for s in report.slides}["brca_crop"] == "done"
     assert (out / "brca_crop.h5").stat().st_mtime_ns == before
     with pytest.raises(ZoomLDMError, match="other identity"):
-        extract_features(slide[0], out, fast_pipe, encoder, FeatureSettings(timestep=50), progress=False)
+        extract_features(slide[0], out, fast_pipe, tiny_encoder, FeatureSettings(timestep=50), progress=False)
 
 
-def test_ranks_share_the_slides(slide, fast_pipe, encoder, tmp_path):
+def test_ranks_share_the_slides(slide, fast_pipe, tiny_encoder, tmp_path):
     sources = [SlideSource("a", str(slide[0] / "broken.tif")), SlideSource("b", str(slide[0] / "broken.tif"))]
-    report = extract_features(sources, tmp_path, fast_pipe, encoder, rank=1, world_size=2, progress=False)
+    report = extract_features(
+        sources, tmp_path, fast_pipe, tiny_encoder, rank=1, world_size=2, progress=False
+    )
     assert {s.id: s.status for s in report.slides} == {"a": "other-rank", "b": "failed"}
 
 
@@ -262,19 +227,19 @@ def test_ranks_share_the_slides(slide, fast_pipe, encoder, tmp_path):
         (FeatureSettings(fusion="max"), "unknown fusion"),
     ],
 )
-def test_bad_settings_are_user_errors(slide, fast_pipe, encoder, tmp_path, settings, message):
+def test_bad_settings_are_user_errors(slide, fast_pipe, tiny_encoder, tmp_path, settings, message):
     with pytest.raises(ZoomLDMError, match=message):
-        extract_features(slide[0], tmp_path, fast_pipe, encoder, settings, progress=False)
+        extract_features(slide[0], tmp_path, fast_pipe, tiny_encoder, settings, progress=False)
 
 
-def test_features_command_then_bags_load_for_mil(brca, tmp_path, small_checkpoint, small_config):
+def test_features_command_then_bags_load_for_mil(brca_image, tmp_path, small_checkpoint, small_config):
     import typer
     from typer.testing import CliRunner
 
     from zoomldm.cli import features as features_cli
     from zoomldm.features.bags import FeatureBags
 
-    write_slide(tmp_path / "slides_small.tif", brca[2048:2304, 1024:1536].copy())  # 1 × 2 tiles
+    write_slide(tmp_path / "slides_small.tif", brca_image[2048:2304, 1024:1536].copy())  # 1 × 2 tiles
     app = typer.Typer()
     app.command("noop")(lambda: None)
     features_cli.register(app)

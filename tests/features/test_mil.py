@@ -8,9 +8,10 @@ import math
 
 import numpy as np
 import pytest
-from mil_synthetic import FAST, make_cohort, one_thread
+from mil_synthetic import FAST, make_cohort
 from PIL import Image
 
+from _fixtures import one_thread
 from zoomldm.errors import ZoomLDMError
 from zoomldm.features.abmil import load_abmil
 from zoomldm.features.bags import FeatureBags, read_bag, read_labels

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from _fixtures import one_thread
 from zoomldm.errors import ZoomLDMError
 from zoomldm.models.cdm import ConditioningDiT
 from zoomldm.models.cdm_diffusion import (
@@ -201,20 +201,9 @@ def _mixture(n: int, gen: torch.Generator, means: torch.Tensor) -> tuple[torch.T
     return torch.nn.functional.layer_norm(x, (D,)), y  # per-token standardised, as the Summarizer's output
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tiny matmuls gain nothing from threads, and on a busy 2-core machine 2 threads ran 14× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained_cdm() -> Iterator[dict]:
-    with _one_thread():
+    with one_thread():
         yield _train_tiny_cdm()
 
 
@@ -253,7 +242,7 @@ def test_cdm_training_loss_falls(trained_cdm: dict) -> None:
 
 
 def test_cdm_samples_have_the_shape_and_token_statistics_of_the_data(trained_cdm: dict) -> None:
-    with _one_thread():
+    with one_thread():
         _check_samples(trained_cdm)
 
 

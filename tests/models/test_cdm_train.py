@@ -1,8 +1,9 @@
 """``zoomldm train-cdm``: a tiny DiT on the compat Summarizer's tokens of a real prepared store.
 
-The store is made by ``prepare_dataset`` from a 1024² crop of brca_001.jpeg (16 samples at 20x, 4 at
-10x, 1 at 5x) with a random 32-d ViT encoder (the compat Summarizer's input width); the Summarizer is
-the compat small checkpoint's (64-d tokens, 8 levels). Training runs use a DiT of depth 2, hidden 64.
+The store is the session's ``train_store`` (tests/conftest.py, shared with tests/train): made by
+``prepare_dataset`` from a 1024² crop of brca_001.jpeg (16 samples at 20x, 4 at 10x, 1 at 5x) with a
+random 32-d ViT encoder (the compat Summarizer's input width); the Summarizer is the compat small
+checkpoint's (64-d tokens, 8 levels). Training runs use a DiT of depth 2, hidden 64.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from _fixtures import one_thread, reset_accelerate_state
 from zoomldm.errors import ConfigError, ZoomLDMError
 from zoomldm.models.cdm import ConditioningDiT, load_cdm
 from zoomldm.train.cdm import CDMTrainConfig, CDMTrainer, list_cdm_checkpoints
@@ -25,58 +27,9 @@ TINY = {"depth": 2, "hidden_size": 64, "num_heads": 4}
 @pytest.fixture(autouse=True)
 def _one_thread_fresh_accelerate():
     """One intra-op thread (two thrash on the shared 2-core machine); reset accelerate's singletons."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(scope="module")
-def cdm_store(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    import tifffile
-    from diffusers import VQModel
-
-    from zoomldm.data.encoders import build_encoder
-    from zoomldm.data.prepare import PrepareSettings, prepare_dataset
-
-    root = tmp_path_factory.mktemp("cdm_store")
-    with Image.open(data_dir / "brca_001.jpeg") as image:
-        crop = np.ascontiguousarray(np.asarray(image.convert("RGB"))[2048:3072, 0:1024])
-    (root / "slides").mkdir()
-    ppcm = 1e4 / 0.5  # 20x, 0.5 µm/px
-    options = dict(tile=(256, 256), compression="jpeg", photometric="rgb", resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(root / "slides" / "crop.tif") as tif:
-        level = crop
-        for i in range(3):
-            tif.write(
-                level,
-                resolution=(ppcm / 2**i, ppcm / 2**i),
-                **(options if i == 0 else {**options, "subfiletype": 1}),
-            )
-            level = np.asarray(Image.fromarray(level).reduce(2))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = build_encoder(
-            "timm:vit_tiny_patch16_224", weights="random", embed_dim=32, depth=2, num_heads=2, img_size=64
-        )
-        vae = VQModel(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
-            latent_channels=3, num_vq_embeddings=64, vq_embed_dim=3, norm_num_groups=4,
-            mid_block_add_attention=False, scaling_factor=1.0,
-        ).eval()  # fmt: skip
-    store = root / "brca.zarr"
-    settings = PrepareSettings(domain="pathology", levels=(0, 1, 2), tissue_threshold=0.0, batch_size=8)
-    report = prepare_dataset(
-        root / "slides", store, encoder, vae, settings, vae_info={"source": "test"}, progress=False
-    )
-    assert report.totals == {"20x": 16, "10x": 4, "5x": 1}
-    return store
+    with one_thread():
+        yield
+    reset_accelerate_state()
 
 
 def _config(store: Path, out: Path, checkpoint: Path, compat: Path, **kw) -> CDMTrainConfig:
@@ -88,10 +41,12 @@ def _config(store: Path, out: Path, checkpoint: Path, compat: Path, **kw) -> CDM
     return CDMTrainConfig(**{**base, **kw})
 
 
-def test_train_cdm_checkpoints_and_exact_resume(cdm_store, small_checkpoint, small_config, tmp_path) -> None:
+def test_train_cdm_checkpoints_and_exact_resume(
+    train_store, small_checkpoint, small_config, tmp_path
+) -> None:
     lines: list[str] = []
     straight = CDMTrainer(
-        _config(cdm_store, tmp_path / "a", small_checkpoint, small_config), log=lines.append, progress=False
+        _config(train_store, tmp_path / "a", small_checkpoint, small_config), log=lines.append, progress=False
     ).fit()
     assert straight.step == 6 and len(straight.losses) == 6 and all(np.isfinite(straight.losses))
     assert [p.name for p in list_cdm_checkpoints(tmp_path / "a")] == ["step-00000003", "step-00000006"]
@@ -107,10 +62,10 @@ def test_train_cdm_checkpoints_and_exact_resume(cdm_store, small_checkpoint, sma
 
     # interrupted after 3 steps (max_steps 3), then the same command with max_steps 6: bit-identical
     CDMTrainer(
-        _config(cdm_store, tmp_path / "b", small_checkpoint, small_config, max_steps=3), progress=False
+        _config(train_store, tmp_path / "b", small_checkpoint, small_config, max_steps=3), progress=False
     ).fit()
     resumed = CDMTrainer(
-        _config(cdm_store, tmp_path / "b", small_checkpoint, small_config), progress=False
+        _config(train_store, tmp_path / "b", small_checkpoint, small_config), progress=False
     ).fit()
     assert resumed.start_step == 3 and resumed.step == 6
     np.testing.assert_array_equal(np.array(resumed.losses), np.array(straight.losses[3:]))
@@ -120,15 +75,15 @@ def test_train_cdm_checkpoints_and_exact_resume(cdm_store, small_checkpoint, sma
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     # and nothing is left to do at max_steps
     again = CDMTrainer(
-        _config(cdm_store, tmp_path / "b", small_checkpoint, small_config), progress=False
+        _config(train_store, tmp_path / "b", small_checkpoint, small_config), progress=False
     ).fit()
     assert again.step == 6 and again.losses == []
 
 
-def test_cdm_ema_follows_the_authors_update(cdm_store, small_checkpoint, small_config, tmp_path) -> None:
+def test_cdm_ema_follows_the_authors_update(train_store, small_checkpoint, small_config, tmp_path) -> None:
     # one step from the initialisation: ema = d·init + (1 − d)·live (no warm-up, as update_ema)
     trainer = CDMTrainer(
-        _config(cdm_store, tmp_path, small_checkpoint, small_config, max_steps=1, checkpoint_every=1),
+        _config(train_store, tmp_path, small_checkpoint, small_config, max_steps=1, checkpoint_every=1),
         progress=False,
     )
     trainer._setup()
@@ -143,12 +98,12 @@ def test_cdm_ema_follows_the_authors_update(cdm_store, small_checkpoint, small_c
 
 
 def test_train_cdm_cli_and_config_errors(
-    cdm_store, small_checkpoint, small_config, data_dir, tmp_path, capsys
+    train_store, small_checkpoint, small_config, data_dir, tmp_path, capsys
 ) -> None:
     from zoomldm.cli import main
 
     argv = [
-        "train-cdm", "--store", str(cdm_store), "--zoomldm", str(small_checkpoint), "--zoomldm-config", str(small_config),
+        "train-cdm", "--store", str(train_store), "--zoomldm", str(small_checkpoint), "--zoomldm-config", str(small_config),
         "--out", str(tmp_path / "run"), "--size", "2,64,4", "--batch-size", "4", "--max-steps", "2",
         "--checkpoint-every", "2", "--num-workers", "0", "--no-progress",
     ]  # fmt: skip
@@ -205,11 +160,11 @@ def test_train_cdm_cli_and_config_errors(
         main([("2x64" if a == "2,64,4" else a) for a in argv])
     assert exit_.value.code == 2 and "--size must be DEPTH,HIDDEN,HEADS" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--model"):
-        _config(cdm_store, tmp_path, small_checkpoint, small_config, model="DiT-Q").validate()
+        _config(train_store, tmp_path, small_checkpoint, small_config, model="DiT-Q").validate()
     with pytest.raises(ConfigError, match="not divisible"):
-        _config(cdm_store, tmp_path, small_checkpoint, small_config, batch_size=6).validate(world_size=4)
+        _config(train_store, tmp_path, small_checkpoint, small_config, batch_size=6).validate(world_size=4)
     with pytest.raises(ZoomLDMError, match="not a complete CDM checkpoint"):
         CDMTrainer(
-            _config(cdm_store, tmp_path / "x", small_checkpoint, small_config, resume=str(tmp_path)),
+            _config(train_store, tmp_path / "x", small_checkpoint, small_config, resume=str(tmp_path)),
             progress=False,
         ).fit()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from zoomldm.cli import main
+from _fixtures import run_cli
 from zoomldm.errors import ZoomLDMError
 from zoomldm.models.cdm import ConditioningDiT
 from zoomldm.sampling.constrained import JointSamplingConfig
@@ -16,16 +16,6 @@ from zoomldm.sampling.inversion import InversionConfig
 from zoomldm.sampling.joint import generate_large_image
 
 FAST = ["--t0", "50", "--inner-steps", "1", "--post-t0", "50", "--device", "cpu"]
-
-
-def run(argv, capsys):
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
@@ -37,7 +27,7 @@ def test_generate_from_a_grid_file(model_args, tmp_path, capsys):
     grid = tmp_path / "grid.npy"
     np.save(grid, np.random.default_rng(0).standard_normal((32, 2, 2)).astype("float32"))
     out = tmp_path / "large.tif"
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         ["generate", *model_args, "--reference", str(grid), "--guide", "10x", "--out", str(out), *FAST],
         capsys,
     )
@@ -49,7 +39,7 @@ def test_generate_from_a_grid_file(model_args, tmp_path, capsys):
 
 def test_superres_command_on_the_authors_lr_image(model_args, data_dir, tmp_path, capsys):
     out = tmp_path / "sr.png"
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         [
             "superres",
             str(data_dir / "lr.jpg"),
@@ -83,12 +73,12 @@ def test_superres_command_on_the_authors_lr_image(model_args, data_dir, tmp_path
 )
 def test_bad_requests_are_one_line_errors(model_args, data_dir, args, message, capsys):
     args = [str(data_dir / "lr.jpg") if a == "LR" else a for a in args]
-    code, _, err = run([*args, *model_args, "--device", "cpu"], capsys)
+    code, _, err = run_cli([*args, *model_args, "--device", "cpu"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_generate_checks_the_reference_image_size(model_args, data_dir, capsys):
-    code, _, err = run(
+    code, _, err = run_cli(
         ["generate", *model_args, "--reference", str(data_dir / "lr.jpg"), "--guide", "10x"], capsys
     )
     assert code == 2 and "needs the 128² region" in err
