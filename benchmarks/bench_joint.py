@@ -5,8 +5,10 @@ official hyper-parameters (w 2, h 0.005, lr 0.5, 10 inner steps). Each row times
 ``--outer-steps`` outer steps of the 20 (t = 100, 50 for 2: every outer step costs the same), for an output
 of ``--sizes`` pixels (k = size / patch size, k² tiles). Reported: UNet rows per second (cond and uncond
 rows count separately: one guided tile evaluation = 2 forwards), VQ passes per second (images through the
-encoder or decoder), the UNet arithmetic rate and, with a known peak, its fraction of the arithmetic floor
-(``FlopCounterMode`` FLOPs per UNet forward × forwards ÷ peak; 201-211 GFLOP for the brca UNet at 64²).
+encoder or decoder), the UNet arithmetic rate and its fraction of the peak ("% of peak": UNet FLOPs done
+per second at the arithmetic floor — ``FlopCounterMode`` FLOPs per forward, 210.6 GFLOP for the brca UNet at
+64², the brief's 201 — ÷ the datasheet dense fp16 peak of a known GPU, else the matmul rate measured in the
+same run). The VQ work is not in that numerator, so the column is a lower bound on the device's use.
 
 Rows:
 
@@ -14,10 +16,13 @@ Rows:
   batches of 16, the guided ε as one ``[cond, 0·cond]`` batch under fp16 autocast with fp32 weights (CUDA
   only; fp32 on CPU), the two encoder passes of an iteration as two calls, no compilation;
 * ``zoomldm`` — :func:`zoomldm.sampling.constrained.constrained_sample` with the networks in ``--dtype``
-  and ``--tile-batch`` tiles per batch.
+  and ``--tile-batch`` tiles per batch; then the same with ``pipe.optimize()`` (fused QKV projections,
+  channels-last on CUDA) and with ``torch.compile`` on top (``--variants``).
 
     # GPU (the measurement the issue asks for)
     python benchmarks/bench_joint.py --preset brca --sizes 1024,4096 --device cuda --dtype float16 --tile-batch 64
+    python benchmarks/bench_joint.py --preset brca --sizes 1024 --device cuda --dtype float16 --tile-batch 64 --variants compile
+    # (zoomldm rows: plain, then + pipe.optimize(); torch.compile as its own run: it compiles for minutes)
     # CPU smoke run (tiny architecture, one outer step, k = 2)
     .venv/bin/python benchmarks/bench_joint.py --preset tiny --sizes 128 --outer-steps 1 --device cpu --dtype float32
 """
@@ -29,6 +34,7 @@ import contextlib
 import time
 
 import torch
+from _common import matmul_rate, sync
 
 from zoomldm import ZoomLDMPipeline
 from zoomldm.sampling.conditions import guide_context, tile_contexts
@@ -38,11 +44,6 @@ from zoomldm.schedule import official_alphas_cumprod, official_betas
 
 #: dense fp16/bf16 tensor-core peaks (TFLOP/s) for the fraction-of-floor column
 PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def unet_gflops(pipe) -> float:
@@ -140,7 +141,7 @@ def _warm_up(pipe, ctx) -> None:
         )
         vae_dtype = next(pipe.vae.parameters()).dtype
         pipe.vae.encode(pipe.vae.decode(x[:1].to(vae_dtype)).sample)
-    _sync(pipe.device)
+    sync(pipe.device)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -155,70 +156,101 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: known GPUs)")
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet for the zoomldm rows")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="zoomldm rows, in order, each applied on top of the previous: plain (networks in --dtype), "
+        "optimize (pipe.optimize: fused QKV + channels-last on CUDA), compile (+ torch.compile, default "
+        "mode); default plain,optimize on both (compile separately: it takes minutes)",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
     pipe = ZoomLDMPipeline.from_config(args.preset, seed=0).to(device=device)  # fp32 weights: the baseline's
     gflops = unet_gflops(pipe)
-    peak = args.peak_tflops
+    peak, peak_kind = args.peak_tflops, "given"
     if peak is None and device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        peak = next((v for key, v in PEAKS.items() if key in name), None)
+        peak, peak_kind = next((v for key, v in PEAKS.items() if key in name), None), "datasheet"
+    if peak is None:  # no datasheet peak (CPU, unknown GPU): the measured matmul rate in --dtype
+        peak, peak_kind = matmul_rate(device, getattr(torch, args.dtype)), "measured matmul"
     size = pipe.config.image_size
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print(
         f"preset {args.preset} (patch {size}², UNet {gflops:.1f} GFLOP/forward), {device} threads {threads}, "
-        f"outer steps timed {args.outer_steps}, inner {args.inner_steps}, peak {peak or 'n/a'} TFLOP/s",
+        f"outer steps timed {args.outer_steps}, inner {args.inner_steps}, peak ({peak_kind}) {peak:.3f} TFLOP/s",
         flush=True,
     )
     steps = list(range(1000, 0, -50))[-args.outer_steps :]
-    rows = []
+    variants = (args.variants or "plain,optimize").split(",")
+    if any(v not in ("plain", "optimize", "compile") for v in variants):
+        parser.error(f"--variants takes plain, optimize, compile; got {args.variants}")
+    # inputs per size, then one pass over the sizes per implementation: the pipeline's state only moves
+    # forward (fp32 port → --dtype → optimize → compile), so it is set up once per implementation
+    cases = []
     for side in (int(s) for s in args.sizes.split(",")):
         k = side // size
-        scales = pipe.scales
-        guide = next(m for m in scales if m.downsample == k)
+        guide = next(m for m in pipe.scales if m.downsample == k)
         g = torch.Generator().manual_seed(0)
         grid = torch.randn(pipe.config.ssl_channels, k, k, generator=g)
-        ctx = tile_contexts(pipe, grid, scales[0], list(range(k * k)), k)
+        ctx = tile_contexts(pipe, grid, pipe.scales[0], list(range(k * k)), k)
         gctx = guide_context(pipe, grid, guide)
         lat = pipe.config.latent_size
         x_tiles = torch.randn(k * k, 3, lat, lat, generator=g).to(device)
         x_guide = torch.randn(1, 3, lat, lat, generator=g).to(device)
-        results = {}
-        if not args.skip_baseline:
-            pipe.to(dtype=torch.float32)
+        cases.append((side, k, guide, ctx, gctx, x_tiles, x_guide))
+    results: dict[int, dict[str, tuple[float, int, int]]] = {case[0]: {} for case in cases}
+    if not args.skip_baseline:
+        pipe.to(dtype=torch.float32)
+        for side, k, _guide, ctx, gctx, x_tiles, x_guide in cases:
             _warm_up(pipe, ctx)
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             counts = authors_loop_port(pipe, ctx, gctx, x_tiles, x_guide, k, steps, n_steps=args.inner_steps)
-            _sync(device)
-            results["authors' loop (port)"] = (time.perf_counter() - start, counts["unet"], counts["vq"])
-        pipe.to(dtype=getattr(torch, args.dtype))
-        if args.compile and not hasattr(pipe.unet, "_orig_mod"):
-            pipe.unet = torch.compile(pipe.unet)
-        _warm_up(pipe, ctx)
-        cfg = JointSamplingConfig(inner_steps=args.inner_steps, tile_batch=args.tile_batch)
-        _sync(device)
-        start = time.perf_counter()
-        res = constrained_sample(
-            pipe,
-            guide,
-            ctx,
-            x_tiles.cpu(),
-            SampledGuide(gctx, x_guide.cpu()),
-            config=cfg,
-            start_step=20 - args.outer_steps,
-            progress=False,
-        )
-        _sync(device)
-        results[f"zoomldm ({args.dtype}, tile batch {args.tile_batch})"] = (
-            time.perf_counter() - start,
-            res.metrics["unet_forwards"],
-            res.metrics["vq_passes"],
-        )
-        base = next(iter(results.values()))
-        for name, (sec, unet_rows, vq) in results.items():
+            sync(device)
+            results[side]["authors' loop (port)"] = (
+                time.perf_counter() - start,
+                counts["unet"],
+                counts["vq"],
+            )
+            print(f"{side}² port done", flush=True)
+    pipe.to(dtype=getattr(torch, args.dtype))
+    cfg = JointSamplingConfig(inner_steps=args.inner_steps, tile_batch=args.tile_batch)
+    label = f"zoomldm {args.dtype}, tile batch {args.tile_batch}"
+    for variant in variants:
+        if variant == "optimize":
+            pipe.optimize()  # fused QKV; channels-last on CUDA
+            label += " + optimize"
+        elif variant == "compile":
+            pipe.optimize(compile=True)  # default mode: minutes, not tens of minutes, to compile
+            label += " + compile"
+        for side, _k, guide, ctx, gctx, x_tiles, x_guide in cases:
+            _warm_up(pipe, ctx)
+            if variant == "compile":  # compile every shape of the timed run outside the timing
+                constrained_sample(
+                    pipe, guide, ctx, x_tiles.cpu(), SampledGuide(gctx, x_guide.cpu()),
+                    config=cfg, start_step=19, progress=False,
+                )  # fmt: skip
+            sync(device)
+            start = time.perf_counter()
+            res = constrained_sample(
+                pipe,
+                guide,
+                ctx,
+                x_tiles.cpu(),
+                SampledGuide(gctx, x_guide.cpu()),
+                config=cfg,
+                start_step=20 - args.outer_steps,
+                progress=False,
+            )
+            sync(device)
+            seconds = time.perf_counter() - start
+            results[side][label] = (seconds, res.metrics["unet_forwards"], res.metrics["vq_passes"])
+            print(f"{side}² {label} done", flush=True)
+    rows = []
+    for side, k, *_ in cases:
+        base = next(iter(results[side].values()))
+        for name, (sec, unet_rows, vq) in results[side].items():
             rate = unet_rows * gflops / sec / 1e3  # TFLOP/s
             rows.append(
                 (
@@ -233,7 +265,7 @@ def main() -> None:
                 )
             )
     print(
-        "| size | implementation | seconds | UNet fwd/s | VQ passes/s | UNet TFLOP/s | % of floor | speed-up |"
+        "| size | implementation | seconds | UNet fwd/s | VQ passes/s | UNet TFLOP/s | % of peak | speed-up |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for size_s, name, sec, ups, vqs, rate, frac, speedup in rows:

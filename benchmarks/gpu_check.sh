@@ -12,6 +12,7 @@ run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 
 nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.log"
 run sample   120 $PY benchmarks/bench_sample.py --preset brca --device cuda --dtypes bf16,fp16 --batch-sizes 1,4,16,64 --steps 50
 run joint    150 $PY benchmarks/bench_joint.py --preset brca --sizes 1024,4096 --outer-steps 2 --device cuda --dtype float16 --tile-batch 64
+run joint_compile 150 $PY benchmarks/bench_joint.py --preset brca --sizes 1024 --outer-steps 2 --device cuda --dtype float16 --tile-batch 64 --variants compile
 run train    120 $PY benchmarks/bench_train.py --preset brca --device cuda --precision bf16 --batch-sizes 32,64,128 --steps 20
 run cdm       60 $PY benchmarks/bench_cdm.py --presets DiT-B,DiT-XL --device cuda --dtype bf16 --batch-sizes 1,16,64,256 --steps 200 --e2e brca --e2e-batch 64 --e2e-unet-steps 50
 run features  45 $PY benchmarks/bench_features.py --preset brca --device cuda --dtype bfloat16 --tiles 256 --batch-size 64 --slide-tiles 256

@@ -26,6 +26,7 @@ from .config import ZoomLDMConfig
 from .errors import ZoomLDMError
 from .fsutil import replace_dir
 from .models import Summarizer, build_unet, build_vae, use_official_quantizer
+from .models.inference import optimize_for_inference, unfused
 from .sampling.denoise import denoise as _denoise
 from .scales import Magnification, Scales
 from .schedule import make_scheduler
@@ -72,6 +73,8 @@ class ZoomLDMPipeline:
         self.summarizer = summarizer.eval()
         self.config = config
         self.provenance = dict(provenance or {})
+        #: what :meth:`optimize` applied (reported with sampling settings, never saved with the weights)
+        self.inference_settings: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------
     # construction
@@ -169,8 +172,9 @@ class ZoomLDMPipeline:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            for name, module in (("unet", self.unet), ("vae", self.vae), ("summarizer", self.summarizer)):
-                module.save_pretrained(tmp / name, safe_serialization=True)
+            with unfused(self.unet, self.vae):  # never save the inference-only fused projections
+                for name, module in (("unet", self.unet), ("vae", self.vae), ("summarizer", self.summarizer)):
+                    module.save_pretrained(tmp / name, safe_serialization=True)
             meta = {
                 "format": "zoomldm",
                 "version": FORMAT_VERSION,
@@ -195,6 +199,26 @@ class ZoomLDMPipeline:
                 module.to(device=device)
             else:
                 module.to(device=device, dtype=wanted)
+        return self
+
+    def optimize(
+        self,
+        *,
+        channels_last: bool | None = None,
+        fuse_projections: bool = True,
+        compile: bool | str = False,
+    ) -> ZoomLDMPipeline:
+        """Inference speed settings, in place (fused QKV projections, NHWC convolutions — default on CUDA
+        only —, optional ``torch.compile``); see :mod:`zoomldm.models.inference`. Outputs change only by
+        floating-point rounding; ``save_pretrained`` still writes the plain weights. Call after ``.to()``."""
+        applied = optimize_for_inference(
+            self.unet,
+            self.vae,
+            channels_last=channels_last,
+            fuse_projections=fuse_projections,
+            compile=compile,
+        )
+        self.inference_settings = applied
         return self
 
     @property
@@ -360,6 +384,8 @@ class ZoomLDMPipeline:
             "num_images": num_images,
             **self.provenance,
         }
+        if self.inference_settings:
+            settings["inference_settings"] = self.inference_settings
         return PatchSamplingOutput(np.concatenate(images), torch.cat(latents), settings)
 
 

@@ -9,19 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from _fixtures import run_cli
 from zoomldm.cli import main
 from zoomldm.io.images import read_png_metadata
-
-
-def run(argv, capsys):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +61,7 @@ def test_sample_from_ssl_file(converted, ssl_file, tmp_path, capsys):
         "--out",
         str(out),
     ]
-    code, stdout, _ = run(args, capsys)
+    code, stdout, _ = run_cli(args, capsys)
     assert code == 0, stdout
     files = sorted(p.name for p in out.glob("*.png"))
     assert files == ["contact_sheet.png", "patch_0000.png", "patch_0001.png", "patch_0002.png"]
@@ -83,14 +73,14 @@ def test_sample_from_ssl_file(converted, ssl_file, tmp_path, capsys):
     # batch-size-dependent float rounding of the kernels remains: at most 1 grey level here)
     out2 = tmp_path / "again"
     args2 = [a if a != "2" else "3" for a in args[:-1]] + [str(out2)]
-    code, _, _ = run(args2, capsys)
+    code, _, _ = run_cli(args2, capsys)
     assert code == 0
     again = np.asarray(Image.open(out2 / "patch_0001.png")).astype(int)
     assert np.abs(again - patch).max() <= 1 and (again == patch).mean() > 0.99
 
 
 def test_sample_from_official_file_directly(small_checkpoint, small_config, ssl_file, tmp_path, capsys):
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -109,6 +99,7 @@ def test_sample_from_official_file_directly(small_checkpoint, small_config, ssl_
             "plms",
             "--device",
             "cpu",
+            "--optimize",
             "--out",
             str(tmp_path / "o"),
         ],
@@ -116,6 +107,9 @@ def test_sample_from_official_file_directly(small_checkpoint, small_config, ssl_
     )
     assert code == 0, err
     assert (tmp_path / "o" / "patch_0000.png").is_file()
+    # --optimize on a CPU: fused projections, no channels-last (slower there); recorded with the settings
+    settings = read_png_metadata(tmp_path / "o" / "patch_0000.png")["inference_settings"]
+    assert settings["fused_qkv"] > 0 and settings["channels_last"] is False and settings["compile"] is False
 
 
 @pytest.mark.parametrize(
@@ -128,7 +122,7 @@ def test_sample_from_official_file_directly(small_checkpoint, small_config, ssl_
     ],
 )
 def test_bad_sampling_arguments(converted, ssl_file, tmp_path, capsys, extra, message):
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -152,18 +146,18 @@ def test_bad_sampling_arguments(converted, ssl_file, tmp_path, capsys, extra, me
 def test_wrong_channel_count(converted, tmp_path, capsys):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((1024, 2, 2), dtype="float32"))
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", str(converted), "--ssl", str(bad), "-m", "10x", "--device", "cpu"], capsys
     )
     assert code == 2 and "1024 channels, the model expects 32" in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_files(converted, ssl_file, tmp_path, capsys):
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", str(tmp_path / "nope.ckpt"), "--ssl", str(ssl_file), "-m", "5x"], capsys
     )
     assert code == 2 and "checkpoint not found" in err
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", str(converted), "--ssl", str(tmp_path / "x.npy"), "-m", "5x"], capsys
     )
     assert code == 2 and "file not found" in err and "Traceback" not in err
@@ -181,7 +175,7 @@ def test_checkpoint_of_another_model(tmp_path, capsys, ssl_file):
         },
         path,
     )
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", str(path), "--config", "brca", "--ssl", str(ssl_file), "-m", "5x"], capsys
     )
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -191,7 +185,7 @@ def test_checkpoint_of_another_model(tmp_path, capsys, ssl_file):
 def test_reference_encoder_dimension_mismatch(converted, data_dir, tmp_path, capsys):
     ref = tmp_path / "ref.png"
     Image.open(data_dir / "brca_001.jpeg").crop((0, 0, 512, 512)).save(ref)
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             "--checkpoint",
@@ -258,9 +252,11 @@ def test_unconditional_with_cdm(converted, tmp_path, capsys):
         "--out",
         str(out),
     ]
-    code, _, err = run(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     assert len(list(out.glob("patch_*.png"))) == 2
     assert "CDM" in read_png_metadata(out / "patch_0000.png")["conditions"]
-    code, _, err = run(args[:4] + ["-m", "5x", "--device", "cpu"], capsys)  # --unconditional without --cdm
+    code, _, err = run_cli(
+        args[:4] + ["-m", "5x", "--device", "cpu"], capsys
+    )  # --unconditional without --cdm
     assert code == 2 and "--cdm" in err

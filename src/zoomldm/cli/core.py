@@ -11,6 +11,19 @@ DEFAULT_CHECKPOINT = "StonyBrook-CVLab/ZoomLDM/brca"
 CHECKPOINT_ENV = "ZOOMLDM_CHECKPOINT"
 
 
+#: ``--optimize/--no-optimize`` and ``--compile``, shared by every sampling command
+OPTIMIZE_OPTION = typer.Option(
+    None,
+    "--optimize/--no-optimize",
+    help="fused QKV + channels-last networks (same arithmetic, other rounding); default: on for CUDA only",
+)
+COMPILE_OPTION = typer.Option(
+    None,
+    "--compile",
+    help="torch.compile the UNet and VQ (default, max-autotune, reduce-overhead); pays off on long GPU runs",
+)
+
+
 def register(app: typer.Typer) -> None:
     app.command("convert")(convert)
     app.command("sample")(sample)
@@ -83,6 +96,8 @@ def sample(
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1, …"),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16"),
     live: bool = typer.Option(False, "--live", help="use the live UNet weights of an official checkpoint"),
+    optimize: bool | None = OPTIMIZE_OPTION,
+    compile: str | None = COMPILE_OPTION,
     out: Path = typer.Option(Path("outputs/samples"), "--out", help="output directory"),
 ) -> None:
     """Generate N patches at a magnification, conditioned on SSL embeddings or a reference image."""
@@ -106,6 +121,7 @@ def sample(
     pipe = ZoomLDMPipeline.from_pretrained(
         _checkpoint(checkpoint), config=config, ema=not live, device=device, dtype=dtype
     )
+    apply_speed_settings(pipe, optimize, compile)
     mag = pipe.magnification(magnification)
     if unconditional:
         _write_patches(
@@ -213,6 +229,23 @@ def demo(
 
 def _checkpoint(value: str | None) -> str:
     return value or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
+
+
+def apply_speed_settings(pipe, optimize: bool | None, compile: str | None, unet=None) -> None:
+    """``pipe.optimize(...)`` as the flags ask (``optimize=None``: on when the pipeline is on CUDA); a second
+    UNet (the live weights for post-processing) gets the same settings."""
+    from ..models.inference import optimize_for_inference
+
+    if optimize is None:
+        optimize = pipe.device.type == "cuda"
+    if not (optimize or compile):
+        return
+    mode = True if compile == "default" else (compile or False)
+    pipe.optimize(channels_last=None if optimize else False, fuse_projections=bool(optimize), compile=mode)
+    if unet is not None:
+        optimize_for_inference(
+            unet, channels_last=None if optimize else False, fuse_projections=bool(optimize), compile=mode
+        )
 
 
 def resolve_device(device: str) -> str:

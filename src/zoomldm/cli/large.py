@@ -13,7 +13,14 @@ from pathlib import Path
 
 import typer
 
-from .core import CHECKPOINT_ENV, DEFAULT_CHECKPOINT, resolve_device
+from .core import (
+    CHECKPOINT_ENV,
+    COMPILE_OPTION,
+    DEFAULT_CHECKPOINT,
+    OPTIMIZE_OPTION,
+    apply_speed_settings,
+    resolve_device,
+)
 
 GRID_SUFFIXES = {".npy", ".pt", ".pth", ".safetensors"}
 PNG_MAX_SIDE = 2048
@@ -218,6 +225,8 @@ def generate(
     device: str = _DEVICE,
     dtype: str = _DTYPE,
     live: bool = _LIVE,
+    optimize: bool | None = OPTIMIZE_OPTION,
+    compile: str | None = COMPILE_OPTION,
     no_resume: bool = _NO_RESUME,
     compression: str = _COMPRESSION,
 ) -> None:
@@ -271,6 +280,7 @@ def generate(
     elif cdm is not None:
         cdm_model = _load_cdm(cdm, device)
     live_unet = _live_unet(ckpt, config, device, dtype) if post_live_weights else None
+    apply_speed_settings(pipe, optimize, compile, unet=live_unet)
 
     # 3. sample, post-process, decode, write
     result = generate_large_image(
@@ -370,6 +380,8 @@ def superres(
     device: str = _DEVICE,
     dtype: str = _DTYPE,
     live: bool = _LIVE,
+    optimize: bool | None = OPTIMIZE_OPTION,
+    compile: str | None = COMPILE_OPTION,
     no_resume: bool = _NO_RESUME,
     compression: str = _COMPRESSION,
 ) -> None:
@@ -417,6 +429,7 @@ def superres(
     inversion = InversionConfig(steps=inversion_steps, lr=inversion_lr, sim_weight=sim_weight)
     out = out or _default_out(f"{lr_image.stem}_{plan.target.key}_seed{seed}", max(plan.height, plan.width))
     live_unet = _live_unet(ckpt, config, device, dtype) if post_live_weights else None
+    apply_speed_settings(pipe, optimize, compile, unet=live_unet)
     result = super_resolve(
         pipe,
         image,

@@ -21,16 +21,29 @@ from diffusers.models.autoencoders.vae import VectorQuantizer
 class OfficialVectorQuantizer(VectorQuantizer):
     """diffusers' ``VectorQuantizer`` with the official (taming, legacy) nearest-code distance."""
 
+    #: largest distance matrix built at once (elements; 2^27 = 512 MiB in float32)
+    max_distance_elements: int = 2**27
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         z = z.permute(0, 2, 3, 1).contiguous()
         flat = z.view(-1, self.vq_embed_dim)
         codebook = self.embedding.weight
-        dist = (
-            flat.pow(2).sum(dim=1, keepdim=True)
-            + codebook.pow(2).sum(dim=1)
-            - 2 * torch.einsum("bd,dn->bn", flat, codebook.t())
+        code_sq = codebook.pow(2).sum(dim=1)
+        # The [rows, n_codes] distance matrix is built in row chunks so that its memory is bounded
+        # (64 tiles of 64² latents × 8192 codes would be 8.6 GB in float32 at once). Every row's distances
+        # are computed by the same formula either way, so the chosen codes do not depend on the chunking.
+        step = max(1, self.max_distance_elements // max(1, codebook.shape[0]))
+        indices = torch.cat(
+            [
+                torch.argmin(
+                    rows.pow(2).sum(dim=1, keepdim=True)
+                    + code_sq
+                    - 2 * torch.einsum("bd,dn->bn", rows, codebook.t()),
+                    dim=1,
+                )
+                for rows in flat.split(step)
+            ]
         )
-        indices = torch.argmin(dist, dim=1)
         z_q = self.embedding(indices).view(z.shape)
         if self.legacy:
             loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)

@@ -18,7 +18,10 @@ batched: ``tile_batch`` tiles go through the whole Newton loop together, their c
 unconditional rows in one UNet call; the two encoder passes of an iteration are one VQ call.
 
 Noise is keyed by tile index and step (:mod:`.noise`), so results do not depend on ``tile_batch`` and a
-request for a subset of tiles reproduces those tiles of the full generation exactly.
+request for a subset of tiles reproduces those tiles of the full generation exactly — provided the
+networks' per-sample arithmetic does not depend on the batch either: the fixed-size ∞-normalised Newton
+step amplifies rounding differences to visible ones within a few iterations (docs/large_images.md,
+"Reproducibility").
 """
 
 from __future__ import annotations
