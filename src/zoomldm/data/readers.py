@@ -187,7 +187,23 @@ def _rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-class OpenSlideReader(SlideReader):
+class _OpenSlideAPIReader(SlideReader):
+    """A reader over an object with OpenSlide's API (tiffslide implements the same one on purpose)."""
+
+    def _attach(self, slide) -> None:
+        self._slide = slide
+        self.level_dimensions = [tuple(int(v) for v in d) for d in slide.level_dimensions]
+        self.level_downsamples = [float(d) for d in slide.level_downsamples]
+        self.metadata_resolution = resolution_from_properties(slide.properties)
+
+    def _read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        return _rgb(self._slide.read_region((x0, y0), level, (width, height)))
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class OpenSlideReader(_OpenSlideAPIReader):
     """Vendor WSI formats (SVS, NDPI, MRXS, SCN, …) and generic tiled TIFF through OpenSlide."""
 
     backend = "openslide"
@@ -198,19 +214,10 @@ class OpenSlideReader(SlideReader):
 
         if openslide.OpenSlide.detect_format(str(path)) is None:
             raise ZoomLDMError("not a format OpenSlide knows")
-        self._slide = openslide.OpenSlide(str(path))
-        self.level_dimensions = [tuple(d) for d in self._slide.level_dimensions]
-        self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
-        self.metadata_resolution = resolution_from_properties(self._slide.properties)
-
-    def _read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-        return _rgb(self._slide.read_region((x0, y0), level, (width, height)))
-
-    def close(self) -> None:
-        self._slide.close()
+        self._attach(openslide.OpenSlide(str(path)))
 
 
-class TiffSlideReader(SlideReader):
+class TiffSlideReader(_OpenSlideAPIReader):
     """SVS / NDPI / SCN / generic TIFF through tiffslide (pure python; OpenSlide's fallback)."""
 
     backend = "tiffslide"
@@ -219,16 +226,7 @@ class TiffSlideReader(SlideReader):
         super().__init__(path)
         import tiffslide
 
-        self._slide = tiffslide.TiffSlide(str(path))
-        self.level_dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
-        self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
-        self.metadata_resolution = resolution_from_properties(self._slide.properties)
-
-    def _read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-        return _rgb(self._slide.read_region((x0, y0), level, (width, height)))
-
-    def close(self) -> None:
-        self._slide.close()
+        self._attach(tiffslide.TiffSlide(str(path)))
 
 
 class TifffileReader(SlideReader):
