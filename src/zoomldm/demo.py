@@ -61,6 +61,8 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe, encoder, trained = load_demo_pipeline(checkpoint, device)
+    if pipe.device.type == "cuda":
+        pipe.optimize()  # fused QKV + channels-last, as the sampling commands do by default on CUDA
     steps = steps or (50 if trained else 10)
     with resources.files("zoomldm.assets").joinpath(DEMO_IMAGE).open("rb") as f:
         image = np.asarray(Image.open(f).convert("RGB"))
