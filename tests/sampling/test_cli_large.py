@@ -52,12 +52,16 @@ def test_superres_command_on_the_authors_lr_image(model_args, data_dir, tmp_path
             str(out),
             "--inversion-steps",
             "2",
+            "--optimize",  # fused projections in the EMA pipeline and in the live UNet of post-processing
+            "--post-live-weights",
             *FAST,
         ],
         capsys,
     )
     assert code == 0, err
     assert out.is_file() and "wrote" in stdout
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["settings"]["inference_settings"]["fused_qkv"] > 0
 
 
 @pytest.mark.parametrize(

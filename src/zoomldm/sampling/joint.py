@@ -410,6 +410,8 @@ def base_settings(pipe, plan: LargeImagePlan, seed: int, **parts: Any) -> dict[s
     for name, value in parts.items():
         record[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     record["model"] = {k: str(v) for k, v in pipe.provenance.items()}
+    if getattr(pipe, "inference_settings", None):  # pipe.optimize(): another rounding, so part of the record
+        record["inference_settings"] = dict(pipe.inference_settings)
     return record
 
 
