@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from .core import COMPILE_OPTION, OPTIMIZE_OPTION
+
 DEFAULT_ENCODER = {"pathology": "uni", "satellite": "dinov2_vitl14_reg"}
 
 
@@ -52,6 +54,8 @@ def features(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (each rank uses cuda:LOCAL_RANK)"),
     dtype: str = typer.Option("float32", "--dtype", help="UNet/Summarizer dtype: float32, bfloat16, float16"),
     seed: int = typer.Option(0, "--seed", help="seed of the shared noise latent"),
+    optimize: bool | None = OPTIMIZE_OPTION,
+    compile: str | None = COMPILE_OPTION,
     strict: bool = typer.Option(False, "--strict", help="exit with status 1 when any slide failed"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -64,7 +68,7 @@ def features(
     from ..data.prepare import find_slides
     from ..features.extract import FeatureSettings, extract_features
     from ..pipeline import ZoomLDMPipeline
-    from .core import resolve_device
+    from .core import apply_speed_settings, resolve_device
     from .prepare import parse_option
 
     device = resolve_device(device)
@@ -86,6 +90,7 @@ def features(
     pipe = ZoomLDMPipeline.from_pretrained(
         checkpoint, config=config, ema=not live, device=device, dtype=dtype
     )
+    apply_speed_settings(pipe, optimize, compile)
     enc = build_encoder(
         encoder or DEFAULT_ENCODER[pipe.config.domain],
         weights=encoder_weights,
