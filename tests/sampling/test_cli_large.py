@@ -113,3 +113,17 @@ def test_reference_free_generation_with_a_cdm(area_pipe):
             guide="10x",
             cdm=ConditioningDiT(token_dim=32, depth=1, hidden_size=32, num_heads=2),
         )
+
+
+@pytest.mark.parametrize(("command", "inner"), [("generate", 10), ("superres", 5)])
+def test_shared_options_keep_each_commands_defaults(command, inner):
+    # the 31 shared options come from one table (cli/large.py); only the Newton iterations differ
+    import typer
+
+    from zoomldm.cli import app
+
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    assert params["inner_steps"].default == inner
+    assert params["fd_step"].default == 0.005 and params["post_t0"].default == 300
+    assert params["t0"].opts == ["--t0"] and params["optimize"].secondary_opts == ["--no-optimize"]
+    assert {"checkpoint", "inversion_steps", "compile", "compression", "region", "target"} <= set(params)

@@ -8,8 +8,13 @@ names the file; ``<stem>_guide.png`` and ``<stem>.json`` (metrics, settings) are
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -25,51 +30,222 @@ from .core import (
 GRID_SUFFIXES = {".npy", ".pt", ".pth", ".safetensors"}
 PNG_MAX_SIDE = 2048
 
-# -- options shared by both commands (typer needs them spelled out per command; defaults live here) --
-_CKPT = typer.Option(
-    None,
-    "--checkpoint",
-    help=f"model dir, official file or hub id (default ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT})",
-)
-_CONFIG = typer.Option(None, "--config", "-c", help="preset or yaml for an official checkpoint")
+# -- options of one command only, or used at a different place in each command's --help --
 _TARGET = typer.Option(
     None, "--target", "--to", help="output magnification (default: the base level, 20x / 1x)"
 )
 _REGION = typer.Option(
     None, "--region", help="X,Y,W,H in output pixels (multiples of 256): generate only there"
 )
-_T0 = typer.Option(1000, "--t0", help="first timestep of constrained sampling")
-_STRIDE = typer.Option(50, "--stride", help="timestep stride (20 steps for 1000/50)")
-_W = typer.Option(2.0, "--guidance-w", help="w in (w+1)·e_c − w·e_u (w = 2 is s = 3, official)")
-_H = typer.Option(0.005, "--fd-step", help="finite-difference step h of the Newton JVPs")
-_LR = typer.Option(0.5, "--newton-lr", help="Newton update rate")
-_TILE_BATCH = typer.Option(16, "--tile-batch", help="tiles per batch (2 UNet rows each: cond + uncond)")
-_COLAB = typer.Option(
-    False, "--colab-update", help="Colab notebook outer update √(1−ā_prev)·ε (default: variance preserving)"
-)
-_NO_POST = typer.Option(False, "--no-postprocess", help="skip seam removal")
-_POST_T0 = typer.Option(300, "--post-t0", help="post-processing re-noising timestep")
-_POST_STRIDE = typer.Option(50, "--post-stride", help="post-processing timestep stride")
-_POST_W = typer.Option(2.0, "--post-guidance-w", help="post-processing guidance g")
-_POST_WINDOW = typer.Option(None, "--post-window", help="window in latent px (default: one tile, 64)")
-_POST_WSTRIDE = typer.Option(None, "--post-window-stride", help="window stride in latent px (default 16)")
-_POST_INTERP = typer.Option("slerp", "--post-interp", help="slerp (official) or linear")
-_WINDOW_BATCH = typer.Option(16, "--window-batch", help="post-processing windows per UNet call")
-_POST_LIVE = typer.Option(
-    False, "--post-live-weights", help="post-process with the live UNet (official quirk)"
-)
-_DECODE_BATCH = typer.Option(16, "--decode-batch", help="VQ windows decoded at once")
-_INV_STEPS = typer.Option(200, "--inversion-steps", help="condition-inversion Adam steps")
-_INV_LR = typer.Option(0.1, "--inversion-lr", help="condition-inversion Adam learning rate")
-_SIM = typer.Option(0.05, "--sim-weight", help="weight of the token-similarity term")
-_SEED = typer.Option(0, "--seed")
-_DEVICE = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1, …")
-_DTYPE = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16 (UNet, Summarizer; VQ on GPU)")
-_LIVE = typer.Option(False, "--live", help="sample with the live UNet weights instead of EMA")
-_NO_RESUME = typer.Option(False, "--no-resume", help="ignore and do not write the resume state")
-_COMPRESSION = typer.Option(
-    "jpeg", "--compression", help="TIFF tiles: jpeg (quality 90), zlib (lossless), none"
-)
+
+
+def _shared_options(inner_steps: int, inner_help: str) -> list[tuple[str, Any, Any]]:
+    """``(name, type, typer option)`` of every option both commands take, in --help order; the defaults are
+    the official values (only the Newton iterations differ: 10 for joint sampling, 5 in the SR notebook)."""
+    opt = typer.Option
+    return [
+        (
+            "checkpoint",
+            str | None,
+            opt(
+                None,
+                "--checkpoint",
+                help="model dir, official file or hub id "
+                f"(default ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT})",
+            ),
+        ),
+        ("config", str | None, opt(None, "--config", "-c", help="preset or yaml for an official checkpoint")),
+        ("t0", int, opt(1000, "--t0", help="first timestep of constrained sampling")),
+        ("stride", int, opt(50, "--stride", help="timestep stride (20 steps for 1000/50)")),
+        (
+            "guidance_w",
+            float,
+            opt(2.0, "--guidance-w", help="w in (w+1)·e_c − w·e_u (w = 2 is s = 3, official)"),
+        ),
+        ("fd_step", float, opt(0.005, "--fd-step", help="finite-difference step h of the Newton JVPs")),
+        ("newton_lr", float, opt(0.5, "--newton-lr", help="Newton update rate")),
+        ("inner_steps", int, opt(inner_steps, "--inner-steps", help=inner_help)),
+        (
+            "tile_batch",
+            int,
+            opt(16, "--tile-batch", help="tiles per batch (2 UNet rows each: cond + uncond)"),
+        ),
+        (
+            "colab_update",
+            bool,
+            opt(
+                False,
+                "--colab-update",
+                help="Colab notebook outer update √(1−ā_prev)·ε (default: variance preserving)",
+            ),
+        ),
+        ("no_postprocess", bool, opt(False, "--no-postprocess", help="skip seam removal")),
+        ("post_t0", int, opt(300, "--post-t0", help="post-processing re-noising timestep")),
+        ("post_stride", int, opt(50, "--post-stride", help="post-processing timestep stride")),
+        ("post_guidance_w", float, opt(2.0, "--post-guidance-w", help="post-processing guidance g")),
+        (
+            "post_window",
+            int | None,
+            opt(None, "--post-window", help="window in latent px (default: one tile, 64)"),
+        ),
+        (
+            "post_window_stride",
+            int | None,
+            opt(None, "--post-window-stride", help="window stride in latent px (default 16)"),
+        ),
+        ("post_interp", str, opt("slerp", "--post-interp", help="slerp (official) or linear")),
+        ("window_batch", int, opt(16, "--window-batch", help="post-processing windows per UNet call")),
+        (
+            "post_live_weights",
+            bool,
+            opt(False, "--post-live-weights", help="post-process with the live UNet (official quirk)"),
+        ),
+        ("decode_batch", int, opt(16, "--decode-batch", help="VQ windows decoded at once")),
+        ("inversion_steps", int, opt(200, "--inversion-steps", help="condition-inversion Adam steps")),
+        ("inversion_lr", float, opt(0.1, "--inversion-lr", help="condition-inversion Adam learning rate")),
+        ("sim_weight", float, opt(0.05, "--sim-weight", help="weight of the token-similarity term")),
+        ("seed", int, opt(0, "--seed")),
+        ("device", str, opt("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1, …")),
+        (
+            "dtype",
+            str,
+            opt("float32", "--dtype", help="float32, float16 or bfloat16 (UNet, Summarizer; VQ on GPU)"),
+        ),
+        ("live", bool, opt(False, "--live", help="sample with the live UNet weights instead of EMA")),
+        ("optimize", bool | None, OPTIMIZE_OPTION),
+        ("compile", str | None, COMPILE_OPTION),
+        ("no_resume", bool, opt(False, "--no-resume", help="ignore and do not write the resume state")),
+        (
+            "compression",
+            str,
+            opt("jpeg", "--compression", help="TIFF tiles: jpeg (quality 90), zlib (lossless), none"),
+        ),
+    ]
+
+
+@dataclass
+class LargeImageOptions:
+    """The values of the shared options (:func:`_shared_options`) and what both commands build from them."""
+
+    checkpoint: str | None
+    config: str | None
+    t0: int
+    stride: int
+    guidance_w: float
+    fd_step: float
+    newton_lr: float
+    inner_steps: int
+    tile_batch: int
+    colab_update: bool
+    no_postprocess: bool
+    post_t0: int
+    post_stride: int
+    post_guidance_w: float
+    post_window: int | None
+    post_window_stride: int | None
+    post_interp: str
+    window_batch: int
+    post_live_weights: bool
+    decode_batch: int
+    inversion_steps: int
+    inversion_lr: float
+    sim_weight: float
+    seed: int
+    device: str
+    dtype: str
+    live: bool
+    optimize: bool | None
+    compile: str | None
+    no_resume: bool
+    compression: str
+
+    def load(self):
+        """Resolve the device and load the pipeline (EMA unless ``--live``): ``(checkpoint id, pipeline)``."""
+        from ..pipeline import ZoomLDMPipeline
+
+        self.device = resolve_device(self.device)
+        ckpt = self.checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
+        pipe = ZoomLDMPipeline.from_pretrained(
+            ckpt, config=self.config, ema=not self.live, device=self.device, dtype=self.dtype
+        )
+        return ckpt, pipe
+
+    def live_unet_and_speed(self, ckpt: str, pipe):
+        """The live UNet when post-processing asks for it (else None), after applying the speed settings to
+        the pipeline and to that UNet. Called once the request is validated."""
+        from ..pipeline import ZoomLDMPipeline
+
+        live_unet = None
+        if self.post_live_weights:
+            live_unet = ZoomLDMPipeline.from_pretrained(
+                ckpt, config=self.config, ema=False, device=self.device, dtype=self.dtype
+            ).unet
+        apply_speed_settings(pipe, self.optimize, self.compile, unet=live_unet)
+        return live_unet
+
+    def configs(self, joint_cls, pipe):
+        """``(sampling config of joint_cls, PostprocessConfig or None, DecodeConfig, InversionConfig)``."""
+        from ..sampling.decode import DecodeConfig
+        from ..sampling.inversion import InversionConfig
+        from ..sampling.postprocess import PostprocessConfig
+
+        joint = joint_cls(
+            t0=self.t0,
+            stride=self.stride,
+            guidance_w=self.guidance_w,
+            h=self.fd_step,
+            lr=self.newton_lr,
+            inner_steps=self.inner_steps,
+            tile_batch=self.tile_batch,
+            variance_preserving_update=not self.colab_update,
+        )
+        post = None
+        if not self.no_postprocess:
+            post = PostprocessConfig(
+                t0=self.post_t0,
+                stride=self.post_stride,
+                guidance_w=self.post_guidance_w,
+                window=self.post_window,
+                window_stride=self.post_window_stride,
+                interp=self.post_interp,
+                window_batch=self.window_batch,
+                use_live_weights=self.post_live_weights,
+            )
+        tile = pipe.config.latent_size
+        decode = DecodeConfig(window=tile, stride=max(tile // 4, 1), batch_size=self.decode_batch)
+        inversion = InversionConfig(
+            steps=self.inversion_steps, lr=self.inversion_lr, sim_weight=self.sim_weight
+        )
+        return joint, post, decode, inversion
+
+
+def with_large_image_options(inner_steps: int, inner_help: str) -> Callable[[Callable], Callable]:
+    """Give a command the shared options: its own parameters stay as written, a final ``opts`` parameter is
+    replaced by the shared ones in its signature (what typer reads), and their values reach it as a
+    :class:`LargeImageOptions`. Why: typer reads options from the signature only, and the two commands share
+    31 of them; written out twice (and collected twice) every change had to be made in four places."""
+    shared = _shared_options(inner_steps, inner_help)
+    names = [name for name, _, _ in shared]
+
+    def wrap(func: Callable) -> Callable:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "opts"]
+        extra = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
+            for n, t, o in shared
+        ]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            opts = LargeImageOptions(**{name: kwargs.pop(name) for name in names})
+            return func(**kwargs, opts=opts)
+
+        params = own + extra
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer must see the merged signature, not the wrapped one's
+        return command
+
+    return wrap
 
 
 def register(app: typer.Typer) -> None:
@@ -89,75 +265,6 @@ def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
     return x, y, w, h
 
 
-def _load(checkpoint, config, live, device, dtype):
-    from ..pipeline import ZoomLDMPipeline
-
-    ckpt = checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
-    return ckpt, ZoomLDMPipeline.from_pretrained(
-        ckpt, config=config, ema=not live, device=device, dtype=dtype
-    )
-
-
-def _live_unet(ckpt, config, device, dtype):
-    from ..pipeline import ZoomLDMPipeline
-
-    return ZoomLDMPipeline.from_pretrained(ckpt, config=config, ema=False, device=device, dtype=dtype).unet
-
-
-def _configs(
-    joint_cls,
-    t0,
-    stride,
-    w,
-    h,
-    lr,
-    inner,
-    tile_batch,
-    colab,
-    no_post,
-    post_t0,
-    post_stride,
-    post_w,
-    post_window,
-    post_wstride,
-    interp,
-    window_batch,
-    post_live,
-    decode_batch,
-    pipe,
-):
-    from ..sampling.decode import DecodeConfig
-    from ..sampling.postprocess import PostprocessConfig
-
-    joint = joint_cls(
-        t0=t0,
-        stride=stride,
-        guidance_w=w,
-        h=h,
-        lr=lr,
-        inner_steps=inner,
-        tile_batch=tile_batch,
-        variance_preserving_update=not colab,
-    )
-    post = (
-        None
-        if no_post
-        else PostprocessConfig(
-            t0=post_t0,
-            stride=post_stride,
-            guidance_w=post_w,
-            window=post_window,
-            window_stride=post_wstride,
-            interp=interp,
-            window_batch=window_batch,
-            use_live_weights=post_live,
-        )
-    )
-    tile = pipe.config.latent_size
-    decode = DecodeConfig(window=tile, stride=max(tile // 4, 1), batch_size=decode_batch)
-    return joint, post, decode
-
-
 def _default_out(name: str, side: int) -> Path:
     return Path("outputs") / f"{name}.{'png' if side <= PNG_MAX_SIDE else 'tif'}"
 
@@ -173,6 +280,7 @@ def _report(result) -> None:
     )
 
 
+@with_large_image_options(10, "Newton iterations per step (official 10)")
 def generate(
     reference: Path = typer.Option(
         None,
@@ -198,41 +306,10 @@ def generate(
     encoder_weights: str = typer.Option(
         None, "--encoder-weights", help="local encoder weights ('random': tests)"
     ),
-    checkpoint: str = _CKPT,
-    config: str = _CONFIG,
-    t0: int = _T0,
-    stride: int = _STRIDE,
-    guidance_w: float = _W,
-    fd_step: float = _H,
-    newton_lr: float = _LR,
-    inner_steps: int = typer.Option(10, "--inner-steps", help="Newton iterations per step (official 10)"),
-    tile_batch: int = _TILE_BATCH,
-    colab_update: bool = _COLAB,
-    no_postprocess: bool = _NO_POST,
-    post_t0: int = _POST_T0,
-    post_stride: int = _POST_STRIDE,
-    post_guidance_w: float = _POST_W,
-    post_window: int = _POST_WINDOW,
-    post_window_stride: int = _POST_WSTRIDE,
-    post_interp: str = _POST_INTERP,
-    window_batch: int = _WINDOW_BATCH,
-    post_live_weights: bool = _POST_LIVE,
-    decode_batch: int = _DECODE_BATCH,
-    inversion_steps: int = _INV_STEPS,
-    inversion_lr: float = _INV_LR,
-    sim_weight: float = _SIM,
-    seed: int = _SEED,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    live: bool = _LIVE,
-    optimize: bool | None = OPTIMIZE_OPTION,
-    compile: str | None = COMPILE_OPTION,
-    no_resume: bool = _NO_RESUME,
-    compression: str = _COMPRESSION,
+    opts: LargeImageOptions = None,
 ) -> None:
     """Generate a large image (e.g. 4096² at 20x) jointly with a low-magnification guide (SPEC §4)."""
     from ..errors import ZoomLDMError
-    from ..sampling.inversion import InversionConfig
     from ..sampling.joint import JointSamplingConfig, generate_large_image, plan_stages
 
     # 1. validate the request before loading encoders or sampling
@@ -242,45 +319,21 @@ def generate(
         if path is not None and not path.exists():
             raise ZoomLDMError(f"file not found: {path}")
     regions = _parse_region(region)
-    device = resolve_device(device)
-    ckpt, pipe = _load(checkpoint, config, live, device, dtype)
+    ckpt, pipe = opts.load()
     stages = plan_stages(pipe, guide, target, size, regions)  # one scale pair, or a cascade of two
     first, plan = stages[0], stages[-1]
-    joint, post, decode = _configs(
-        JointSamplingConfig,
-        t0,
-        stride,
-        guidance_w,
-        fd_step,
-        newton_lr,
-        inner_steps,
-        tile_batch,
-        colab_update,
-        no_postprocess,
-        post_t0,
-        post_stride,
-        post_guidance_w,
-        post_window,
-        post_window_stride,
-        post_interp,
-        window_batch,
-        post_live_weights,
-        decode_batch,
-        pipe,
-    )
-    inversion = InversionConfig(steps=inversion_steps, lr=inversion_lr, sim_weight=sim_weight)
+    joint, post, decode, inversion = opts.configs(JointSamplingConfig, pipe)
     out = out or _default_out(
-        f"large_{first.guide.key}_{plan.target.key}_seed{seed}", max(plan.height, plan.width)
+        f"large_{first.guide.key}_{plan.target.key}_seed{opts.seed}", max(plan.height, plan.width)
     )
 
     # 2. conditions: the reference's SSL grid, or the CDM
     grid, cdm_model = None, None
     if reference is not None:
-        grid = _reference_grid(reference, pipe, first, encoder, encoder_weights, device)
+        grid = _reference_grid(reference, pipe, first, encoder, encoder_weights, opts.device)
     elif cdm is not None:
-        cdm_model = _load_cdm(cdm, device)
-    live_unet = _live_unet(ckpt, config, device, dtype) if post_live_weights else None
-    apply_speed_settings(pipe, optimize, compile, unet=live_unet)
+        cdm_model = _load_cdm(cdm, opts.device)
+    live_unet = opts.live_unet_and_speed(ckpt, pipe)
 
     # 3. sample, post-process, decode, write
     result = generate_large_image(
@@ -293,13 +346,13 @@ def generate(
         config=joint,
         postprocess=post if post is not None else False,
         decode=decode,
-        seed=seed,
+        seed=opts.seed,
         out=out,
         cdm=cdm_model,
         inversion=inversion,
         live_unet=live_unet,
-        compression=compression,
-        resume=not no_resume,
+        compression=opts.compression,
+        resume=not opts.no_resume,
     )
     _report(result)
 
@@ -338,6 +391,7 @@ def _load_cdm(path: Path, device: str):
     return model.to(device).eval()
 
 
+@with_large_image_options(5, "Newton iterations per step (SR notebook: 5)")
 def superres(
     lr_image: Path = typer.Argument(
         ..., help="low-resolution image at --from (a whole number of 256² patches)"
@@ -353,41 +407,10 @@ def superres(
         help="resample the input to N² first (e.g. 256 for the authors' 4× display copy lr.jpg)",
     ),
     region: str = _REGION,
-    checkpoint: str = _CKPT,
-    config: str = _CONFIG,
-    t0: int = _T0,
-    stride: int = _STRIDE,
-    guidance_w: float = _W,
-    fd_step: float = _H,
-    newton_lr: float = _LR,
-    inner_steps: int = typer.Option(5, "--inner-steps", help="Newton iterations per step (SR notebook: 5)"),
-    tile_batch: int = _TILE_BATCH,
-    colab_update: bool = _COLAB,
-    no_postprocess: bool = _NO_POST,
-    post_t0: int = _POST_T0,
-    post_stride: int = _POST_STRIDE,
-    post_guidance_w: float = _POST_W,
-    post_window: int = _POST_WINDOW,
-    post_window_stride: int = _POST_WSTRIDE,
-    post_interp: str = _POST_INTERP,
-    window_batch: int = _WINDOW_BATCH,
-    post_live_weights: bool = _POST_LIVE,
-    decode_batch: int = _DECODE_BATCH,
-    inversion_steps: int = _INV_STEPS,
-    inversion_lr: float = _INV_LR,
-    sim_weight: float = _SIM,
-    seed: int = _SEED,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    live: bool = _LIVE,
-    optimize: bool | None = OPTIMIZE_OPTION,
-    compile: str | None = COMPILE_OPTION,
-    no_resume: bool = _NO_RESUME,
-    compression: str = _COMPRESSION,
+    opts: LargeImageOptions = None,
 ) -> None:
     """Super-resolve a low-magnification image (e.g. 5x → 20x) by condition inversion + constrained sampling."""
     from ..errors import ZoomLDMError
-    from ..sampling.inversion import InversionConfig
     from ..sampling.joint import plan_large_image
     from ..sampling.superres import SRConfig, load_lr_image, super_resolve
 
@@ -395,8 +418,7 @@ def superres(
         raise ZoomLDMError(f"file not found: {lr_image}")
     image = load_lr_image(lr_image, resize)
     regions = _parse_region(region)
-    device = resolve_device(device)
-    ckpt, pipe = _load(checkpoint, config, live, device, dtype)
+    ckpt, pipe = opts.load()
     size = pipe.config.image_size
     if image.shape[0] % size or image.shape[1] % size:
         raise ZoomLDMError(
@@ -404,32 +426,11 @@ def superres(
             f"patches at {source} (use --resize, e.g. --resize {size} for one patch)"
         )
     plan = plan_large_image(pipe, source, target, region=regions, guide_shape=image.shape[:2])
-    sr, post, decode = _configs(
-        SRConfig,
-        t0,
-        stride,
-        guidance_w,
-        fd_step,
-        newton_lr,
-        inner_steps,
-        tile_batch,
-        colab_update,
-        no_postprocess,
-        post_t0,
-        post_stride,
-        post_guidance_w,
-        post_window,
-        post_window_stride,
-        post_interp,
-        window_batch,
-        post_live_weights,
-        decode_batch,
-        pipe,
+    sr, post, decode, inversion = opts.configs(SRConfig, pipe)
+    out = out or _default_out(
+        f"{lr_image.stem}_{plan.target.key}_seed{opts.seed}", max(plan.height, plan.width)
     )
-    inversion = InversionConfig(steps=inversion_steps, lr=inversion_lr, sim_weight=sim_weight)
-    out = out or _default_out(f"{lr_image.stem}_{plan.target.key}_seed{seed}", max(plan.height, plan.width))
-    live_unet = _live_unet(ckpt, config, device, dtype) if post_live_weights else None
-    apply_speed_settings(pipe, optimize, compile, unet=live_unet)
+    live_unet = opts.live_unet_and_speed(ckpt, pipe)
     result = super_resolve(
         pipe,
         image,
@@ -439,11 +440,11 @@ def superres(
         inversion=inversion,
         postprocess=post if post is not None else False,
         decode=decode,
-        seed=seed,
+        seed=opts.seed,
         out=out,
         region=regions,
         live_unet=live_unet,
-        compression=compression,
-        resume=not no_resume,
+        compression=opts.compression,
+        resume=not opts.no_resume,
     )
     _report(result)
