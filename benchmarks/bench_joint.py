@@ -151,7 +151,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1024,4096", help="output sides in pixels (k × patch size)")
     parser.add_argument("--outer-steps", type=int, default=2, help="outer steps timed (of 20)")
     parser.add_argument("--inner-steps", type=int, default=10, help="Newton iterations (official 10)")
-    parser.add_argument("--tile-batch", type=int, default=64, help="tiles per batch in zoomldm")
+    parser.add_argument(
+        "--tile-batch",
+        type=lambda v: v if v == "auto" else int(v),
+        default=64,
+        help="tiles per batch in zoomldm, or auto (as many as fit in the free GPU memory)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: known GPUs)")

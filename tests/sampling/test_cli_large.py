@@ -73,6 +73,10 @@ def test_superres_command_on_the_authors_lr_image(model_args, data_dir, tmp_path
         (["generate", "--guide", "10x", "--region", "1,2"], "X,Y,W,H"),
         (["superres", "LR", "--from", "20x"], "coarser"),
         (["superres", "LR", "--from", "10x", "--resize", "100"], "whole number of 64"),
+        (
+            ["superres", "LR", "--from", "10x", "--resize", "64", "--tile-batch", "many"],
+            "number of tiles or auto",
+        ),
     ],
 )
 def test_bad_requests_are_one_line_errors(model_args, data_dir, args, message, capsys):

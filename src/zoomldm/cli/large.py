@@ -67,8 +67,13 @@ def _shared_options(inner_steps: int, inner_help: str) -> list[tuple[str, Any, A
         ("inner_steps", int, opt(inner_steps, "--inner-steps", help=inner_help)),
         (
             "tile_batch",
-            int,
-            opt(16, "--tile-batch", help="tiles per batch (2 UNet rows each: cond + uncond)"),
+            str,
+            opt(
+                "16",
+                "--tile-batch",
+                help="tiles per batch (2 UNet rows each: cond + uncond), or auto: as many as fit in the "
+                "free GPU memory (measured; 16 on a CPU)",
+            ),
         ),
         (
             "colab_update",
@@ -135,7 +140,7 @@ class LargeImageOptions:
     fd_step: float
     newton_lr: float
     inner_steps: int
-    tile_batch: int
+    tile_batch: str
     colab_update: bool
     no_postprocess: bool
     post_t0: int
@@ -196,7 +201,7 @@ class LargeImageOptions:
             h=self.fd_step,
             lr=self.newton_lr,
             inner_steps=self.inner_steps,
-            tile_batch=self.tile_batch,
+            tile_batch=_parse_tile_batch(self.tile_batch),
             variance_preserving_update=not self.colab_update,
         )
         post = None
@@ -246,6 +251,17 @@ def with_large_image_options(inner_steps: int, inner_help: str) -> Callable[[Cal
         return command
 
     return wrap
+
+
+def _parse_tile_batch(text: str) -> int | str:
+    from ..errors import ZoomLDMError
+
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ZoomLDMError(f"--tile-batch takes a number of tiles or auto; got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:

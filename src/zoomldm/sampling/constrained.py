@@ -56,7 +56,9 @@ class JointSamplingConfig:
         h: finite-difference step of both Jacobian-vector products.
         lr: Newton update rate.
         inner_steps: Newton iterations per tile per outer step (0 = unconstrained tiles).
-        tile_batch: tiles per batch (each batch is ``2·tile_batch`` UNet rows: cond + uncond).
+        tile_batch: tiles per batch (each batch is ``2·tile_batch`` UNet rows: cond + uncond), or
+            ``"auto"``: the most that fit in the free GPU memory (:func:`.memory.auto_tile_batch`; 16 on a
+            CPU). A fixed number keeps results bitwise repeatable across machines of one kind.
         variance_preserving_update: ``√(1−ā_prev−β̃)·ε`` (official post-processing / FCS) instead of the
             Colab notebook's ``√(1−ā_prev)·ε``.
     """
@@ -67,14 +69,14 @@ class JointSamplingConfig:
     h: float = 0.005
     lr: float = 0.5
     inner_steps: int = 10
-    tile_batch: int = 16
+    tile_batch: int | str = 16
     variance_preserving_update: bool = True
 
     def __post_init__(self) -> None:
         if self.inner_steps < 0:
             raise ZoomLDMError(f"inner_steps must be >= 0; got {self.inner_steps}")
-        if self.tile_batch < 1:
-            raise ZoomLDMError(f"tile_batch must be >= 1; got {self.tile_batch}")
+        if self.tile_batch != "auto" and not (isinstance(self.tile_batch, int) and self.tile_batch >= 1):
+            raise ZoomLDMError(f"tile_batch must be an integer >= 1 or 'auto'; got {self.tile_batch!r}")
         if not self.h > 0:
             raise ZoomLDMError(f"the finite-difference step h must be > 0; got {self.h}")
         if self.guidance_w < 0:
@@ -293,7 +295,12 @@ def constrained_sample(
             x_guide = state[1].to(device=device, dtype=torch.float32)
     steps = strided_steps(pipe.config.schedule, config.t0, config.stride)
     contexts = tile_contexts.to(device=device, dtype=torch.float32)
-    batches = [list(range(i, min(i + config.tile_batch, n))) for i in range(0, n, config.tile_batch)]
+    tile_batch = config.tile_batch
+    if tile_batch == "auto":
+        from .memory import auto_tile_batch
+
+        tile_batch = auto_tile_batch(pipe, n)
+    batches = [list(range(i, min(i + tile_batch, n))) for i in range(0, n, tile_batch)]
 
     bar = make_progress() if progress_enabled(progress) else None
     with bar if bar is not None else contextlib.nullcontext(), torch.no_grad():
@@ -330,8 +337,8 @@ def constrained_sample(
         if x_guide is not None:
             ops.vq_passes += 1
             guide_img = pipe.decode_latents(x_guide)[0].float()
-        metrics = _tile_metrics(ops, x_tiles, ids, guide_img, footprint, tiles_per_row, k, config.tile_batch)
-    metrics.update(unet_forwards=ops.unet_forwards, vq_passes=ops.vq_passes)
+        metrics = _tile_metrics(ops, x_tiles, ids, guide_img, footprint, tiles_per_row, k, tile_batch)
+    metrics.update(unet_forwards=ops.unet_forwards, vq_passes=ops.vq_passes, tile_batch=tile_batch)
     return ConstrainedResult(
         tiles=x_tiles,
         tile_ids=ids,
