@@ -162,6 +162,32 @@ def test_viewport_requests_reproduce_the_tiles_of_the_full_image(area_pipe):
     assert (part.tiles - full.tiles[[0, 2]]).abs().max() > 0.1
 
 
+def test_region_requests_are_bitwise_tiles_of_the_full_image(area_pipe):
+    # Several outer steps and Newton iterations: enough for rounding differences of batched convolutions
+    # to grow to visible ones (docs/large_images.md, "Reproducibility"). Batches are 2×2 canvas blocks, and
+    # a region request also computes the rest of its blocks, so its tile is bitwise the full image's.
+    grid = torch.randn(32, 4, 4, generator=torch.Generator().manual_seed(11))  # k = 4: 16 tiles of 64²
+    config = JointSamplingConfig(t0=150, stride=50, inner_steps=3, tile_batch=4)
+    kwargs = dict(guide="5x", config=config, postprocess=False, seed=11, progress=False)
+    full = generate_large_image(area_pipe, grid, **kwargs)
+    part = generate_large_image(area_pipe, grid, region=(64, 64, 64, 64), **kwargs)  # tile (1, 1) = id 5
+    assert part.latent.shape == (3, 16, 16) and part.metrics["computed_tiles"] == 4  # block {0, 1, 4, 5}
+    assert torch.equal(part.latent, full.latent[:, 16:32, 16:32])
+    assert full.metrics["computed_tiles"] == 16
+
+
+def test_batches_are_canvas_blocks():
+    from zoomldm.sampling.constrained import batch_rows, block_cover, block_shape
+
+    assert [block_shape(b) for b in (1, 4, 8, 16, 37, 64)] == [(1, 1), (2, 2), (2, 4), (4, 4), (6, 6), (8, 8)]
+    # a 4×4 canvas in 2×2 blocks; the request order does not change the batches
+    assert batch_rows([5, 0, 15, 1], 4, 4) == [[1, 3, 0], [2]]  # positions, by tile id within a block
+    assert batch_rows(list(range(16)), 4, 4)[0] == [0, 1, 4, 5]
+    assert block_cover([5], 4, 4, 4) == [0, 1, 4, 5] and block_cover([15, 0], 4, 4, 16) == list(range(16))
+    assert block_cover([5], 5, 3, 4) == [0, 1, 5, 6]  # edge blocks are clipped to the canvas
+    assert block_cover([10], 5, 3, 4) == [10, 11]
+
+
 @pytest.fixture(scope="module")
 def large_run(compat_pipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("large") / "large.tif"

@@ -17,16 +17,18 @@ with ``N`` = division of each sample by its max-abs value, ε = ``(w+1)·ε_c �
 batched: ``tile_batch`` tiles go through the whole Newton loop together, their conditional and
 unconditional rows in one UNet call; the two encoder passes of an iteration are one VQ call.
 
-Noise is keyed by tile index and step (:mod:`.noise`), so results do not depend on ``tile_batch`` and a
-request for a subset of tiles reproduces those tiles of the full generation exactly — provided the
-networks' per-sample arithmetic does not depend on the batch either: the fixed-size ∞-normalised Newton
-step amplifies rounding differences to visible ones within a few iterations (docs/large_images.md,
-"Reproducibility").
+Noise is keyed by tile index and step (:mod:`.noise`), and batches are blocks of the tile canvas
+(:func:`batch_rows`), not positions in the request. Both matter because the fixed-size ∞-normalised Newton
+step amplifies rounding: a batched convolution rounds a tile differently in another batch, and within a few
+iterations that is a visible difference (docs/large_images.md, "Reproducibility"). A request made of whole
+blocks (:func:`block_cover`; :func:`~.joint.render_large` extends every request so) therefore reproduces
+those tiles of the full generation bitwise, on the same device, dtype and ``tile_batch``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -200,6 +202,50 @@ def newton_constrain(
     return x, eps, x0
 
 
+def block_shape(tile_batch: int) -> tuple[int, int]:
+    """Rows × columns of the canvas blocks that form the tile batches: as square as ``tile_batch`` allows
+    (16 → 4×4, 64 → 8×8, 8 → 2×4, 1 → 1×1), so that a viewport touches few blocks."""
+    rows = max(1, math.isqrt(int(tile_batch)))
+    return rows, max(1, int(tile_batch) // rows)
+
+
+def batch_rows(ids: Sequence[int], tiles_per_row: int, tile_batch: int) -> list[list[int]]:
+    """The batches of a request: positions in ``ids`` grouped by the canvas block of their tile (row-major
+    blocks of :func:`block_shape`; within a block, by tile id).
+
+    Why blocks and not consecutive positions: a batch's rounding depends on which tiles share it, and the
+    Newton loop amplifies rounding (module docstring). With batches fixed by the canvas, a request that
+    contains whole blocks (:func:`block_cover`) batches every tile as the full image does, so its tiles are
+    bitwise those of the full image."""
+    bh, bw = block_shape(tile_batch)
+    blocks: dict[tuple[int, int], list[int]] = {}
+    for pos, tid in sorted(enumerate(ids), key=lambda item: item[1]):
+        r, c = divmod(int(tid), tiles_per_row)
+        blocks.setdefault((r // bh, c // bw), []).append(pos)
+    return [blocks[key] for key in sorted(blocks)]
+
+
+def block_cover(ids: Sequence[int], tiles_per_row: int, tiles_per_col: int, tile_batch: int) -> list[int]:
+    """All tile ids of the canvas blocks that ``ids`` touch, sorted (a superset of ``ids``)."""
+    bh, bw = block_shape(tile_batch)
+    cover: set[int] = set()
+    for tid in ids:
+        r, c = divmod(int(tid), tiles_per_row)
+        r0, c0 = r // bh * bh, c // bw * bw
+        for rr in range(r0, min(r0 + bh, tiles_per_col)):
+            cover.update(range(rr * tiles_per_row + c0, rr * tiles_per_row + min(c0 + bw, tiles_per_row)))
+    return sorted(cover)
+
+
+def resolve_tile_batch(pipe, config: JointSamplingConfig, n_tiles: int) -> int:
+    """``config.tile_batch``, with ``"auto"`` measured for ``n_tiles`` tiles (:mod:`.memory`)."""
+    if config.tile_batch != "auto":
+        return int(config.tile_batch)
+    from .memory import auto_tile_batch
+
+    return auto_tile_batch(pipe, n_tiles)
+
+
 def split_footprints(
     image: torch.Tensor, footprint: int, tile_ids: Sequence[int], tiles_per_row: int
 ) -> torch.Tensor:
@@ -295,12 +341,8 @@ def constrained_sample(
             x_guide = state[1].to(device=device, dtype=torch.float32)
     steps = strided_steps(pipe.config.schedule, config.t0, config.stride)
     contexts = tile_contexts.to(device=device, dtype=torch.float32)
-    tile_batch = config.tile_batch
-    if tile_batch == "auto":
-        from .memory import auto_tile_batch
-
-        tile_batch = auto_tile_batch(pipe, n)
-    batches = [list(range(i, min(i + tile_batch, n))) for i in range(0, n, tile_batch)]
+    tile_batch = resolve_tile_batch(pipe, config, n)
+    batches = batch_rows(ids, tiles_per_row, tile_batch)
 
     bar = make_progress() if progress_enabled(progress) else None
     with bar if bar is not None else contextlib.nullcontext(), torch.no_grad():

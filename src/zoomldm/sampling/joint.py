@@ -41,7 +41,9 @@ from .constrained import (
     FixedGuide,
     JointSamplingConfig,
     SampledGuide,
+    block_cover,
     constrained_sample,
+    resolve_tile_batch,
     scale_ratio,
 )
 from .decode import DecodeConfig
@@ -291,9 +293,15 @@ def render_large(
     channels = pipe.unet.config.in_channels
     seconds: dict[str, float] = {}
 
-    # 3. constrained sampling (resumable per outer step)
-    contexts = tile_contexts(pipe, base_grid, plan.target, ids, plan.canvas_cols)
-    noise = keyed_normal((channels, P, P), seed, "tile_init", ids)
+    # 3. constrained sampling (resumable per outer step) of the whole canvas blocks under the request, so
+    #    that each tile shares its batch with the same tiles as in the full image (bitwise the same tiles;
+    #    see constrained.batch_rows); for a full image the cover is the request itself
+    tile_batch = resolve_tile_batch(pipe, config, plan.canvas_rows * plan.canvas_cols)
+    config = dataclasses.replace(config, tile_batch=tile_batch)
+    computed = block_cover(ids, plan.canvas_cols, plan.canvas_rows, tile_batch)
+    keep = [computed.index(i) for i in ids]
+    contexts = tile_contexts(pipe, base_grid, plan.target, computed, plan.canvas_cols)
+    noise = keyed_normal((channels, P, P), seed, "tile_init", computed)
     saved = state.load(f"{stage}joint")
     start, init = (0, None) if saved is None else (saved[0], (saved[1]["tiles"], saved[1].get("guide")))
 
@@ -307,7 +315,7 @@ def render_large(
         noise,
         guide,
         target_magnification=plan.target,
-        tile_ids=ids,
+        tile_ids=computed,
         config=config,
         seed=seed,
         start_step=start,
@@ -316,7 +324,8 @@ def render_large(
         progress=progress,
     )
     seconds["joint"] = time.perf_counter() - started
-    canvas = result.tiles.view(plan.rows, plan.cols, channels, P, P).permute(2, 0, 3, 1, 4)
+    tiles = result.tiles[keep] if len(computed) != len(ids) else result.tiles
+    canvas = tiles.reshape(plan.rows, plan.cols, channels, P, P).permute(2, 0, 3, 1, 4)
     canvas = canvas.reshape(channels, plan.rows * P, plan.cols * P)
 
     # 4. post-processing (resumable per step)
@@ -365,6 +374,7 @@ def render_large(
     metrics = {
         "tiles": {key[6:]: v for key, v in result.metrics.items() if key.startswith("tiles_")},
         "output": output_metrics,
+        "computed_tiles": len(computed),  # the request's tiles + the rest of their canvas blocks
         "unet_forwards": result.metrics["unet_forwards"],
         "vq_passes": result.metrics["vq_passes"],
         "seconds": seconds,
