@@ -10,9 +10,11 @@
 5. blended large decode streamed to a pyramidal TIFF or PNG (:mod:`.decode`, :mod:`.output`, SPEC §4.4),
    with the constraint metrics (PSNR / MAE between the downsampled output and the guide).
 
-Viewport requests (``region=``) generate only the tiles under the region; because every tile's noise is
-keyed by its index, they are the same tiles as in the full image (before post-processing, which mixes
-neighbours). Long runs save their state after every step beside the output and resume from it.
+Viewport requests (``region=``) generate only the canvas blocks (the tile batches) under the region;
+because every tile's noise is keyed by its index and every tile shares its batch with the same tiles, they
+are bitwise the same tiles as in the full image (before post-processing, which mixes neighbours; same
+device, dtype and tile batch). Long runs save their state after every step beside the output and resume
+from it.
 
 **Reference-free extension** (no source gives it; SPEC §12 option ii): with ``reference=None`` and a CDM,
 the CDM samples the guide's Summarizer tokens, the pipeline generates the guide patch from them, condition
