@@ -51,6 +51,8 @@ def test_optimized_networks_give_the_same_outputs(pipe, channels_last):
 
 def test_channels_last_defaults_to_cuda_only(pipe):
     pipe.optimize()
+    fused = pipe.inference_settings["fused_qkv"]
+    assert pipe.optimize().inference_settings["fused_qkv"] == fused > 0  # idempotent, and says so
     assert pipe.inference_settings["channels_last"] is False  # CPU: slower there (benchmarks/RESULTS.md)
     conv = pipe.unet.conv_in.weight
     assert conv.is_contiguous()

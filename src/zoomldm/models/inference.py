@@ -101,7 +101,12 @@ def optimize_for_inference(
     applied: dict = {"channels_last": bool(channels_last), "fused_qkv": 0, "compile": compile or False}
     networks = [unet] if vae is None else [unet, vae]
     if fuse_projections:
-        applied["fused_qkv"] = sum(fuse_qkv(m) for m in networks)
+        for module in networks:
+            fuse_qkv(module)
+    # attention modules with fused projections now (also those fused by an earlier call)
+    applied["fused_qkv"] = sum(
+        getattr(a, "fused_projections", False) for m in networks for a in _attention_modules(m)
+    )
     if channels_last:
         for module in networks:
             module.to(memory_format=torch.channels_last)
