@@ -61,9 +61,9 @@ def newton_peak_bytes(pipe, batch: int) -> int:
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
+    ops, config = _Ops(pipe, pipe.unet, 2.0), JointSamplingConfig(inner_steps=1)
     with torch.no_grad():
-        newton_constrain(_Ops(pipe, pipe.unet, 2.0), x, context, target, step, JointSamplingConfig(inner_steps=1),
-                         down, up)  # fmt: skip
+        newton_constrain(ops, x, context, target, step, config, down, up)
     torch.cuda.synchronize(device)
     return int(torch.cuda.max_memory_allocated(device))
 
