@@ -30,11 +30,11 @@ DEMO_IMAGE = "brca_20x_1024.jpg"
 
 def load_demo_pipeline(checkpoint: str, device: str) -> tuple[ZoomLDMPipeline, object, bool]:
     """The trained pipeline + UNI encoder, or (offline) the random tiny model + a random encoder."""
-    from .data.encoders import build_encoder
+    from .data.encoders import DOMAIN_ENCODERS, build_encoder
 
     try:
         pipe = ZoomLDMPipeline.from_pretrained(checkpoint, device=device)
-        encoder = build_encoder("uni" if pipe.config.domain == "pathology" else "dinov2", device=device)
+        encoder = build_encoder(DOMAIN_ENCODERS[pipe.config.domain], device=device)
         return pipe, encoder, True
     except ZoomLDMError as err:
         print(

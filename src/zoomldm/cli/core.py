@@ -240,12 +240,14 @@ def apply_speed_settings(pipe, optimize: bool | None, compile: str | None, unet=
         optimize = pipe.device.type == "cuda"
     if not (optimize or compile):
         return
-    mode = True if compile == "default" else (compile or False)
-    pipe.optimize(channels_last=None if optimize else False, fuse_projections=bool(optimize), compile=mode)
+    settings = {
+        "channels_last": None if optimize else False,
+        "fuse_projections": bool(optimize),
+        "compile": True if compile == "default" else (compile or False),
+    }
+    pipe.optimize(**settings)
     if unet is not None:
-        optimize_for_inference(
-            unet, channels_last=None if optimize else False, fuse_projections=bool(optimize), compile=mode
-        )
+        optimize_for_inference(unet, **settings)
 
 
 def resolve_device(device: str) -> str:
@@ -255,3 +257,12 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_rank_device(device: str) -> str:
+    """:func:`resolve_device`, with ``cuda`` → ``cuda:LOCAL_RANK`` under torchrun / accelerate (one GPU per
+    rank) for the commands that shard their work over ranks."""
+    device = resolve_device(device)
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from .core import COMPILE_OPTION, OPTIMIZE_OPTION
-
-DEFAULT_ENCODER = {"pathology": "uni", "satellite": "dinov2_vitl14_reg"}
 
 
 def register(app: typer.Typer) -> None:
@@ -64,16 +61,14 @@ def features(
     Rerun the same command to resume; run it under `torchrun` / `accelerate launch` to shard the slides
     over ranks. Feed OUT to `zoomldm mil train`.
     """
-    from ..data.encoders import build_encoder
+    from ..data.encoders import DOMAIN_ENCODERS, build_encoder
     from ..data.prepare import find_slides
     from ..features.extract import FeatureSettings, extract_features
     from ..pipeline import ZoomLDMPipeline
-    from .core import apply_speed_settings, resolve_device
+    from .core import apply_speed_settings, resolve_rank_device
     from .prepare import parse_option
 
-    device = resolve_device(device)
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    device = resolve_rank_device(device)
     settings = FeatureSettings(
         magnifications=tuple(m.strip() for m in magnifications.split(",") if m.strip()),
         timestep=timestep,
@@ -92,7 +87,7 @@ def features(
     )
     apply_speed_settings(pipe, optimize, compile)
     enc = build_encoder(
-        encoder or DEFAULT_ENCODER[pipe.config.domain],
+        encoder or DOMAIN_ENCODERS[pipe.config.domain],
         weights=encoder_weights,
         device=device,
         **dict(parse_option(o) for o in encoder_option or []),

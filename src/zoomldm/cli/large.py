@@ -189,7 +189,7 @@ class LargeImageOptions:
         return live_unet
 
     def configs(self, joint_cls, pipe):
-        """``(sampling config of joint_cls, PostprocessConfig or None, DecodeConfig, InversionConfig)``."""
+        """``(sampling config of joint_cls, PostprocessConfig or False, DecodeConfig, InversionConfig)``."""
         from ..sampling.decode import DecodeConfig
         from ..sampling.inversion import InversionConfig
         from ..sampling.postprocess import PostprocessConfig
@@ -204,7 +204,7 @@ class LargeImageOptions:
             tile_batch=_parse_tile_batch(self.tile_batch),
             variance_preserving_update=not self.colab_update,
         )
-        post = None
+        post: PostprocessConfig | bool = False  # the library's "no post-processing"
         if not self.no_postprocess:
             post = PostprocessConfig(
                 t0=self.post_t0,
@@ -360,7 +360,7 @@ def generate(
         size=size,
         region=regions,
         config=joint,
-        postprocess=post if post is not None else False,
+        postprocess=post,
         decode=decode,
         seed=opts.seed,
         out=out,
@@ -454,7 +454,7 @@ def superres(
         to_magnification=plan.target,
         config=sr,
         inversion=inversion,
-        postprocess=post if post is not None else False,
+        postprocess=post,
         decode=decode,
         seed=opts.seed,
         out=out,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_ENCODER = {"pathology": "uni", "satellite": "dinov2_vitl14_reg"}
 DEFAULT_CHECKPOINT = {"pathology": "brca", "satellite": "naip"}
 
 
@@ -81,12 +80,12 @@ def prepare(
     """
     import torch
 
-    from ..data.encoders import build_encoder
+    from ..data.encoders import DOMAIN_ENCODERS, build_encoder
     from ..data.prepare import PrepareSettings, find_slides, prepare_dataset, settings_path
     from ..errors import ZoomLDMError
-    from .core import resolve_device
+    from .core import resolve_rank_device
 
-    if domain not in DEFAULT_ENCODER:
+    if domain not in DOMAIN_ENCODERS:
         raise ZoomLDMError(f"unknown domain {domain!r}; expected pathology or satellite")
     autocast = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
     if dtype not in autocast:
@@ -106,11 +105,9 @@ def prepare(
     )
     settings.validate()
     sources = find_slides(slides_dir, slides_csv, mpp)
-    device = resolve_device(device)
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one GPU per rank
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    device = resolve_rank_device(device)
 
-    name = encoder or DEFAULT_ENCODER[domain]
+    name = encoder or DOMAIN_ENCODERS[domain]
     enc = build_encoder(
         name,
         weights=encoder_weights,

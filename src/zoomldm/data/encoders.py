@@ -69,6 +69,8 @@ ENCODERS: dict[str, EncoderSpec] = {
         note="DINOv2 ViT-L/14 with 4 registers (Darcet et al. 2024)",
     ),
 }
+#: the encoder each domain's published model was trained with (SPEC §1.3): the default of every command
+DOMAIN_ENCODERS = {"pathology": "uni", "satellite": "dinov2_vitl14_reg"}
 _ALIASES = {"dinov2": "dinov2_vitl14_reg", "dinov2_vitl14_reg4": "dinov2_vitl14_reg"}
 
 

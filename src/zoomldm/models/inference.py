@@ -60,8 +60,13 @@ def unfuse_qkv(module: torch.nn.Module) -> int:
     return count
 
 
+def fused_count(module: torch.nn.Module) -> int:
+    """How many attention modules of ``module`` have fused projections."""
+    return sum(bool(getattr(a, "fused_projections", False)) for a in _attention_modules(module))
+
+
 def is_fused(module: torch.nn.Module) -> bool:
-    return any(getattr(a, "fused_projections", False) for a in _attention_modules(module))
+    return fused_count(module) > 0
 
 
 @contextlib.contextmanager
@@ -103,10 +108,7 @@ def optimize_for_inference(
     if fuse_projections:
         for module in networks:
             fuse_qkv(module)
-    # attention modules with fused projections now (also those fused by an earlier call)
-    applied["fused_qkv"] = sum(
-        getattr(a, "fused_projections", False) for m in networks for a in _attention_modules(m)
-    )
+    applied["fused_qkv"] = sum(fused_count(m) for m in networks)  # also those fused by an earlier call
     if channels_last:
         for module in networks:
             module.to(memory_format=torch.channels_last)

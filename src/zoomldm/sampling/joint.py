@@ -301,7 +301,8 @@ def render_large(
     tile_batch = resolve_tile_batch(pipe, config, plan.canvas_rows * plan.canvas_cols)
     config = dataclasses.replace(config, tile_batch=tile_batch)
     computed = block_cover(ids, plan.canvas_cols, plan.canvas_rows, tile_batch)
-    keep = [computed.index(i) for i in ids]
+    position = {tid: i for i, tid in enumerate(computed)}
+    keep = [position[tid] for tid in ids]
     contexts = tile_contexts(pipe, base_grid, plan.target, computed, plan.canvas_cols)
     noise = keyed_normal((channels, P, P), seed, "tile_init", computed)
     saved = state.load(f"{stage}joint")

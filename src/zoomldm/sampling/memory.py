@@ -78,7 +78,6 @@ def auto_tile_batch(pipe, n_tiles: int, default: int = 16) -> int:
         return min(default, n_tiles)
     torch.cuda.empty_cache()  # cached blocks count as used in mem_get_info
     free, _ = torch.cuda.mem_get_info(device)
-    torch.cuda.reset_peak_memory_stats(device)
     baseline = torch.cuda.memory_allocated(device)  # weights: already counted in every probe's peak
     budget = int(MEMORY_FRACTION * free) + baseline
     return fit_batch(lambda b: newton_peak_bytes(pipe, b), budget, n_tiles)
