@@ -24,6 +24,7 @@ import torch
 from .config import ZoomLDMConfig
 from .errors import CheckpointError, ZoomLDMError
 from .schedule import official_alphas_cumprod, official_betas
+from .tensorfiles import load_safetensors, load_torch
 
 UNET_PREFIX = "model.diffusion_model."
 EMA_PREFIX = "model_ema."
@@ -64,27 +65,22 @@ class OfficialWeights:
 # reading
 # ------------------------------------------------------------------------------------------------
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an official checkpoint: ``.ckpt/.pt`` (``torch.load(weights_only=True)``) or ``.safetensors``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZoomLDMError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Read an official checkpoint: ``.ckpt/.pt`` (``torch.load(weights_only=True)``) or ``.safetensors``.
 
-        sd: object = load_file(str(path))
+    A missing, empty, truncated or foreign file, and a pickle that carries code, is a
+    :class:`CheckpointError` of one line that names the file (:mod:`zoomldm.tensorfiles`).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        sd: object = load_safetensors(path, "safetensors checkpoint")
     else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # not a zip-format file: mmap is unsupported, read normally
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle with code objects, corrupt files
-            raise CheckpointError(
-                f"{path.name}: cannot be read as a weights-only checkpoint ({err})"
-            ) from None
+        sd = load_torch(path, "PyTorch checkpoint")
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]  # Lightning layout
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path.name}: expected a state dict of tensors (flat or under 'state_dict')")
+        raise CheckpointError(f"{path}: expected a state dict of tensors (flat or under 'state_dict')")
+    if not sd:
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return dict(sd)
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ZoomLDMError
+from .errors import InputError, ZoomLDMError
+from .tensorfiles import check_input_file, count_nonfinite, first_line, load_safetensors, load_torch
 
 
 def standardize_tokens(grid: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -49,20 +50,28 @@ def load_ssl_grid(path: str | Path, channels: int | None = None) -> torch.Tensor
     oriented by it and a mismatch is an error that names the expected size.
     """
     path = Path(path)
-    if not path.exists():
-        raise ZoomLDMError(f"SSL grid file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in {".npy", ".pt", ".pth", ".safetensors"}:
+        if not path.exists():
+            raise InputError(f"SSL grid file not found: {path}")
+        raise InputError(f"unsupported SSL grid file {path.name}; use .npy, .pt or .safetensors")
+    check_input_file(path, "SSL grid", InputError)
     if suffix == ".npy":
-        arr = torch.from_numpy(np.load(path, allow_pickle=False))
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as err:  # ValueError (pickled objects, bad header), EOFError, OSError
+            raise InputError(
+                f"{path}: truncated or not a NumPy .npy array ({first_line(err)}); recompute the grid"
+            ) from err
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+            raise InputError(f"{path}: expected a numeric array, found dtype {getattr(array, 'dtype', '?')}")
+        arr = torch.from_numpy(array.astype(np.float32, copy=False))
     elif suffix in {".pt", ".pth"}:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        arr = _single_tensor(obj, path)
-    elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        arr = _single_tensor(load_file(str(path)), path)
+        arr = _single_tensor(load_torch(path, "PyTorch tensor file", InputError), path)
     else:
-        raise ZoomLDMError(f"unsupported SSL grid file {path.name}; use .npy, .pt or .safetensors")
+        arr = _single_tensor(load_safetensors(path, "safetensors file", InputError), path)
+    if arr.is_complex() or arr.dtype == torch.bool:
+        raise InputError(f"{path}: expected real-valued embeddings, found dtype {arr.dtype}")
     arr = arr.float()
     if arr.dim() == 4 and arr.shape[0] == 1:
         arr = arr[0]
@@ -85,10 +94,17 @@ def load_ssl_grid(path: str | Path, channels: int | None = None) -> torch.Tensor
         arr = arr.reshape(arr.shape[0], side, side)
     if arr.dim() != 3:
         raise ZoomLDMError(f"{path.name}: expected an SSL grid [C, h, w]; got shape {tuple(arr.shape)}")
+    if arr.numel() == 0:
+        raise InputError(f"{path.name}: the SSL grid is empty (shape {tuple(arr.shape)}); recompute the grid")
     if channels is not None and arr.shape[0] != channels:
         raise ZoomLDMError(
             f"{path.name}: grid has {arr.shape[0]} channels, the model expects {channels} "
             "(one embedding of its SSL encoder per 256² base tile)"
+        )
+    bad = count_nonfinite(arr)
+    if bad:
+        raise InputError(
+            f"{path.name}: {bad} non-finite values (NaN/inf) in the SSL embeddings; recompute the grid"
         )
     return arr.contiguous()
 

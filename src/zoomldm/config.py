@@ -166,7 +166,16 @@ class ZoomLDMConfig:
             create_vae_diffusers_config_from_ldm,
         )
 
-        official = yaml.safe_load(Path(source).read_text()) if not isinstance(source, dict) else source
+        where = "" if isinstance(source, dict) else f"{source}: "  # error messages name the file
+        official = source
+        if not isinstance(source, dict):
+            try:
+                official = yaml.safe_load(Path(source).read_text())
+            except (UnicodeDecodeError, yaml.YAMLError) as err:
+                raise ConfigError(
+                    f"{where}not a YAML file ({type(err).__name__}); pass the authors' yaml of this "
+                    "checkpoint or a preset (brca, naip)"
+                ) from None
         try:
             params = official["model"]["params"]
             unet_p = params["unet_config"]["params"]
@@ -174,7 +183,7 @@ class ZoomLDMConfig:
             cs_p = params["cond_stage_config"]["params"]
         except (KeyError, TypeError) as err:
             raise ConfigError(
-                f"not a ZoomLDM yaml: missing model.params.{{unet,first_stage,cond_stage}}_config ({err})"
+                f"{where}not a ZoomLDM yaml: missing model.params.{{unet,first_stage,cond_stage}}_config ({err})"
             ) from None
         target = params["cond_stage_config"].get("target", "")
         if target and not target.endswith("EmbeddingViT2_5"):

@@ -18,3 +18,20 @@ class CheckpointError(ZoomLDMError):
 
 class ConfigError(ZoomLDMError):
     """An invalid configuration value or file."""
+
+
+class InputError(ZoomLDMError):
+    """An input file or value that cannot be used: missing, empty, damaged, of the wrong kind, or holding
+    non-finite or out-of-range numbers. The message names the file or option and says what to do."""
+
+
+class OutputError(ZoomLDMError):
+    """An output path that cannot be written (not writable, a directory where a file is expected, or an
+    existing result that the command will not overwrite)."""
+
+
+#: exit statuses of the ``zoomldm`` command (docs/ARCHITECTURE.md, "Exit codes and outputs")
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  #: a ZoomLDMError, a usage error, or an environment error on a named path
+EXIT_SOME_FAILED = 3  #: finished, but some inputs failed (prepare, features: listed in the summary)
+EXIT_INTERRUPTED = 130  #: Ctrl-C; finished work is kept, rerun the same command to resume

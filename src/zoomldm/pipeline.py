@@ -16,20 +16,28 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .conditioning import prepare_grid
 from .config import ZoomLDMConfig
-from .errors import ZoomLDMError
-from .fsutil import replace_dir
+from .errors import ConfigError, InputError, ZoomLDMError
+from .fsutil import check_output, replace_dir
 from .models import Summarizer, build_unet, build_vae, use_official_quantizer
 from .models.inference import optimize_for_inference, unfused
 from .sampling.denoise import denoise as _denoise
 from .scales import Magnification, Scales
 from .schedule import make_scheduler
+
+if TYPE_CHECKING:
+    from .sampling.decode import DecodeConfig
+    from .sampling.inversion import InversionConfig
+    from .sampling.joint import LargeImageResult
+    from .sampling.newton import JointSamplingConfig
+    from .sampling.postprocess import PostprocessConfig
+    from .sampling.superres import SRConfig
 
 FORMAT_VERSION = 1
 MAX_GUIDANCE = 50.0
@@ -59,7 +67,7 @@ def _dtype(value: str | torch.dtype) -> torch.dtype:
     try:
         return table[str(value).lower()]
     except KeyError:
-        raise ZoomLDMError(f"unknown dtype {value!r}; expected one of {', '.join(table)}") from None
+        raise ConfigError(f"unknown dtype {value!r}; expected one of {', '.join(table)}") from None
 
 
 class ZoomLDMPipeline:
@@ -82,6 +90,12 @@ class ZoomLDMPipeline:
     @classmethod
     def from_config(cls, config: str | Path | ZoomLDMConfig = "tiny", seed: int = 0) -> ZoomLDMPipeline:
         """Randomly initialised networks of the given architecture (deterministic by ``seed``)."""
+        if isinstance(config, str | Path) and Path(config).is_dir():
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"{config}: is a directory; pass a preset (brca, naip, tiny) or a config yaml file"
+            )
         cfg = ZoomLDMConfig.resolve(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -152,18 +166,30 @@ class ZoomLDMPipeline:
         from diffusers import UNet2DConditionModel, VQModel
 
         from .checkpoints import resolve_checkpoint
+        from .errors import CheckpointError
+        from .tensorfiles import load_pretrained_component, read_json_object
 
         src = resolve_checkpoint(checkpoint, config)
         if src.kind == "official":
             return cls.from_official(src.path, config or src.config, ema=ema, device=device, dtype=dtype)
-        meta = json.loads((src.path / "zoomldm.json").read_text())
-        if meta.get("format") != "zoomldm":
-            raise ZoomLDMError(f"{src.path}/zoomldm.json is not a zoomldm model description")
-        cfg = ZoomLDMConfig.from_dict(meta["config"])
-        unet = UNet2DConditionModel.from_pretrained(src.path / "unet")
-        vae = use_official_quantizer(VQModel.from_pretrained(src.path / "vae"))
-        summarizer = Summarizer.from_pretrained(src.path / "summarizer")
-        prov = dict(meta.get("provenance", {}), checkpoint=str(src.path), format="zoomldm")
+        # damaged files (garbled JSON, a truncated .safetensors, a missing sub-folder) are one-line
+        # CheckpointErrors that name the file (zoomldm.tensorfiles)
+        meta = read_json_object(src.path / "zoomldm.json", "model description")
+        if meta.get("format") != "zoomldm" or not isinstance(meta.get("config"), dict):
+            raise CheckpointError(
+                f"{src.path / 'zoomldm.json'} is not a zoomldm model description (re-save the model)"
+            )
+        try:
+            cfg = ZoomLDMConfig.from_dict(meta["config"])
+        except TypeError as err:  # a required field is missing
+            raise CheckpointError(
+                f"{src.path / 'zoomldm.json'}: incomplete model config ({err}); re-save the model"
+            ) from err
+        unet = load_pretrained_component(UNet2DConditionModel, src.path / "unet", "UNet")
+        vae = use_official_quantizer(load_pretrained_component(VQModel, src.path / "vae", "VQ autoencoder"))
+        summarizer = load_pretrained_component(Summarizer, src.path / "summarizer", "Summarizer")
+        saved = meta.get("provenance")
+        prov = dict(saved if isinstance(saved, dict) else {}, checkpoint=str(src.path), format="zoomldm")
         return cls(unet, vae, summarizer, cfg, prov).to(device=device, dtype=dtype)
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
@@ -267,8 +293,11 @@ class ZoomLDMPipeline:
         )
         if prepare:
             grids = [prepare_grid(g) for g in grids]
-        mags = magnification if isinstance(magnification, list | tuple) else [magnification] * len(grids)
-        idx = torch.tensor([self.magnification(m).index for m in mags], device=self.device)
+        if isinstance(magnification, list | tuple):
+            levels = [self.magnification(m).index for m in magnification]
+        else:  # one level for the batch: parsed once, not once per grid
+            levels = [self.magnification(magnification).index] * len(grids)
+        idx = torch.tensor(levels, device=self.device)
         dtype = self.summarizer.dtype
         return self.summarizer([g.to(self.device, dtype) for g in grids], idx).float()
 
@@ -331,11 +360,11 @@ class ZoomLDMPipeline:
         """
         _check_sampling_args(num_inference_steps, guidance_scale)
         if num_images < 1 or batch_size < 1:
-            raise ZoomLDMError("num_images and batch_size must be at least 1")
+            raise ConfigError("num_images and batch_size must be at least 1")
         mag = self.magnification(magnification)
         if context is None:
             if ssl is None:
-                raise ZoomLDMError("give SSL embeddings (ssl=…) or conditioning tokens (context=…)")
+                raise InputError("give SSL embeddings (ssl=…) or conditioning tokens (context=…)")
             grids = (
                 list(ssl.unbind(0))
                 if isinstance(ssl, torch.Tensor) and ssl.dim() == 4
@@ -344,7 +373,7 @@ class ZoomLDMPipeline:
             if len(grids) == 1:
                 grids = grids * num_images
             if len(grids) != num_images:
-                raise ZoomLDMError(f"got {len(grids)} SSL grids for {num_images} images")
+                raise InputError(f"got {len(grids)} SSL grids for {num_images} images")
             context = torch.cat(
                 [
                     self.condition(grids[i : i + batch_size], mag, prepare)
@@ -356,7 +385,7 @@ class ZoomLDMPipeline:
             if context.shape[0] == 1:
                 context = context.expand(num_images, -1, -1)
             if context.shape[0] != num_images or context.shape[-1] != self.config.context_dim:
-                raise ZoomLDMError(
+                raise InputError(
                     f"context must be [{num_images}, 65, {self.config.context_dim}]; got {list(context.shape)}"
                 )
         gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
@@ -388,6 +417,251 @@ class ZoomLDMPipeline:
             settings["inference_settings"] = self.inference_settings
         return PatchSamplingOutput(np.concatenate(images), torch.cat(latents), settings)
 
+    # ------------------------------------------------------------------------------------------
+    # large images (SPEC §4) and super-resolution (SPEC §5)
+    # ------------------------------------------------------------------------------------------
+    def generate_large(
+        self,
+        reference: str | Path | Any | None = None,
+        *,
+        guide: str | int | Magnification | None = None,
+        target: str | int | Magnification | None = None,
+        size: int | None = None,
+        region: tuple[int, int, int, int] | None = None,
+        out: str | Path | None = None,
+        cdm: str | Path | Any | None = None,
+        encoder: str | Any = "uni",
+        encoder_weights: str | Path | None = None,
+        config: JointSamplingConfig | None = None,
+        postprocess: PostprocessConfig | bool | None = True,
+        decode: DecodeConfig | None = None,
+        inversion: InversionConfig | None = None,
+        guide_steps: int = 50,
+        seed: int = 0,
+        compression: str = "jpeg",
+        resume: bool = True,
+        overwrite: bool = True,
+        live_unet=None,
+        keep_in_memory: bool | None = None,
+        progress: bool = True,
+        **options: Any,
+    ) -> LargeImageResult:
+        """Generate a large image (e.g. 4096² at 20x under a 1.25x guide) by joint multi-scale sampling.
+
+        Args:
+            reference: the real region that conditions the image, at base resolution under the guide
+                (4096² at 20x for a 1.25x guide): an image (path, PIL image, uint8 ``[H, W, 3]`` array),
+                embedded tile by tile with ``encoder``, or its unpooled SSL grid (``[C, n, n]`` tensor or
+                float array, or a ``.npy``/``.pt``/``.safetensors`` file). None: reference-free, with ``cdm``.
+            guide: guide magnification (``"1.25x"``: k = 16 → 4096² at 20x). Default: the one ``size``
+                needs, else the one whose field of view the reference covers.
+            target: magnification of the output (default the base level, 20x / 1x).
+            size: side of the output in pixels; ratios above 16 cascade two scale pairs.
+            region: ``(x, y, w, h)`` in output pixels (multiples of 256): generate only that viewport.
+            out: ``.png`` / ``.tif`` / ``.ome.tif`` to write (with ``<stem>_guide.png`` and ``<stem>.json``
+                beside it, holding ``metrics`` and ``settings``). None: nothing is written; the image is
+                returned in memory (up to :data:`zoomldm.sampling.output.MAX_IN_MEMORY_PIXELS`, 8192²;
+                larger images need ``out``).
+            cdm: the Conditioning Diffusion Model for reference-free generation: a folder / official file
+                or a :class:`~zoomldm.models.cdm.ConditioningDiT`.
+            guide_steps: PLMS steps of the CDM-conditioned guide patch (reference-free only).
+            encoder, encoder_weights: SSL encoder of an image reference: a name (``uni``, ``dinov2``,
+                ``timm:<name>``) with a local weights file, or an encoder object.
+            config, postprocess, decode, inversion: the settings dataclasses (official defaults;
+                ``postprocess=False`` skips seam removal).
+            seed: seed of every noise draw. compression: TIFF tiles (``jpeg``, ``zlib``, ``none``).
+            resume: save the state after each step beside ``out`` and continue from it on a rerun.
+            overwrite: replace an existing ``out`` (False: refuse it with an ``OutputError``, the CLI's
+                default without ``--overwrite``).
+            live_unet: the live UNet, needed only with ``post_live_weights=True``.
+            keep_in_memory: also return an image that is written to ``out`` (default: when it fits).
+            **options: settings by their command-line names, applied on top of the dataclasses: ``t0``,
+                ``stride``, ``guidance_w``, ``fd_step``, ``newton_lr``, ``inner_steps``, ``tile_batch``,
+                ``colab_update``, ``no_postprocess``, ``post_t0``, ``post_stride``, ``post_guidance_w``,
+                ``post_window``, ``post_window_stride``, ``post_interp``, ``window_batch``,
+                ``post_live_weights``, ``decode_batch``, ``inversion_steps``, ``inversion_lr``,
+                ``sim_weight`` (:data:`zoomldm.sampling.settings.OPTIONS`).
+
+        Returns:
+            :class:`~zoomldm.sampling.joint.LargeImageResult`: ``image`` (uint8 ``[H, W, 3]`` or None),
+            ``path``, ``guide_image``, ``latent``, ``metrics`` (constraint PSNR / MAE vs the guide) and
+            ``settings`` (the record written to ``<stem>.json``).
+        """
+        from .sampling.joint import generate_large_image, plan_stages
+        from .sampling.levels import parse_level
+        from .sampling.reference import embed_reference, read_reference, reference_side
+        from .sampling.settings import large_image_settings
+
+        # 1. validate the whole request (settings, levels, inputs, output path) before any model work
+        if reference is not None and cdm is not None:
+            raise ConfigError("give reference= (a real region) or cdm= (reference-free), not both")
+        if reference is None and cdm is None:
+            raise InputError(
+                "large images need a reference region (reference=/--reference: an image or its SSL grid); "
+                "reference-free generation needs a CDM checkpoint (cdm=/--cdm)"
+            )
+        settings = large_image_settings(
+            self, config=config, postprocess=postprocess, decode=decode, inversion=inversion, **options
+        )
+        ref = None if reference is None else read_reference(reference, self.config.ssl_channels)
+        tmag = parse_level(self, target, "target magnification") if target is not None else self.scales[0]
+        gmag = parse_level(self, guide, "guide magnification") if guide is not None else None
+        if gmag is None and size is None and ref is not None:
+            side = reference_side(ref, self.config.image_size)
+            gmag = next((m for m in self.scales if m.grid_size == side and m.index > tmag.index), None)
+            if gmag is None:
+                raise ConfigError(
+                    f"the reference ({_shape_text(ref)}) is not the field of view of a guide of this model; "
+                    "give guide= (e.g. 1.25x) or size="
+                )
+        stages = plan_stages(self, gmag, tmag, size, region)
+        plan = stages[-1]
+        _check_out(out, plan.height, plan.width, compression, overwrite)
+        cdm_model = _load_cdm(cdm, self.device) if cdm is not None else None
+
+        # 2. the reference's SSL grid (an image is embedded tile by tile), then sample
+        grid = ref
+        if isinstance(ref, np.ndarray):
+            what = Path(reference).name if isinstance(reference, str | Path) else "the reference image"
+            grid = embed_reference(self, ref, stages[0].guide, encoder, encoder_weights, what)
+        return generate_large_image(
+            self,
+            grid,
+            guide=stages[0].guide,
+            target=plan.target,
+            size=size,
+            region=region,
+            config=settings.sampling,
+            postprocess=settings.postprocess or False,
+            decode=settings.decode,
+            seed=seed,
+            out=out,
+            cdm=cdm_model,
+            inversion=settings.inversion,
+            guide_steps=guide_steps,
+            live_unet=live_unet,
+            keep_in_memory=keep_in_memory,
+            compression=compression,
+            resume=resume,
+            progress=progress,
+        )
+
+    def super_resolve(
+        self,
+        image: str | Path | Any,
+        from_magnification: str | int | Magnification = "5x",
+        to: str | int | Magnification | None = None,
+        *,
+        out: str | Path | None = None,
+        resize: int | None = None,
+        region: tuple[int, int, int, int] | None = None,
+        config: SRConfig | None = None,
+        postprocess: PostprocessConfig | bool | None = True,
+        decode: DecodeConfig | None = None,
+        inversion: InversionConfig | None = None,
+        seed: int = 0,
+        compression: str = "jpeg",
+        resume: bool = True,
+        overwrite: bool = True,
+        live_unet=None,
+        inversion_unet=None,
+        keep_in_memory: bool | None = None,
+        progress: bool = True,
+        **options: Any,
+    ) -> LargeImageResult:
+        """Super-resolve a low-magnification image (e.g. 5x → 20x, 4×) by condition inversion and
+        constrained sampling under the input (SPEC §5).
+
+        Args:
+            image: path, PIL image or uint8 ``[H, W, 3]`` array at ``from_magnification``, a whole number
+                of 256² patches (``resize=256`` turns the authors' 1024² display copy ``lr.jpg`` back into
+                their 256² input).
+            from_magnification: magnification of the input. to: of the output (default the base level).
+            out, region, seed, compression, resume, overwrite, live_unet, keep_in_memory, progress,
+                **options: as
+                :meth:`generate_large` (the Newton iterations default to the SR notebook's 5).
+            config: :class:`~zoomldm.sampling.superres.SRConfig`; postprocess, decode, inversion: as
+                :meth:`generate_large`. inversion_unet: UNet of the inversion (default this pipeline's).
+
+        Returns:
+            :class:`~zoomldm.sampling.joint.LargeImageResult` whose ``guide_image`` is the input and whose
+            metrics compare the downsampled output with it.
+        """
+        from .sampling.reference import read_image
+        from .sampling.settings import large_image_settings
+        from .sampling.superres import SRConfig, super_resolve
+
+        settings = large_image_settings(
+            self,
+            sampling_cls=SRConfig,
+            config=config,
+            postprocess=postprocess,
+            decode=decode,
+            inversion=inversion,
+            **options,
+        )
+        if out is not None:  # the written-ness of the path; its kind and size are checked by super_resolve
+            check_output(out, "out", overwrite=overwrite)
+        lr = read_image(image, resize, what="image")
+        tile = self.config.image_size
+        if lr.shape[0] % tile or lr.shape[1] % tile:
+            name = Path(image).name if isinstance(image, str | Path) else "the image"
+            raise InputError(
+                f"{name} is {lr.shape[1]}×{lr.shape[0]}; the input must be a whole number of {tile}² patches "
+                f"at {from_magnification} (resize it, e.g. resize={tile} / --resize {tile} for one patch)"
+            )
+        return super_resolve(
+            self,
+            lr,
+            from_magnification,
+            to_magnification=to,
+            config=settings.sampling,
+            inversion=settings.inversion,
+            postprocess=settings.postprocess or False,
+            decode=settings.decode,
+            seed=seed,
+            out=out,
+            region=region,
+            inversion_unet=inversion_unet,
+            live_unet=live_unet,
+            keep_in_memory=keep_in_memory,
+            compression=compression,
+            resume=resume,
+            progress=progress,
+        )
+
+
+def _shape_text(ref) -> str:
+    if isinstance(ref, np.ndarray):
+        return f"a {ref.shape[1]}×{ref.shape[0]} image"
+    return f"a {'×'.join(str(v) for v in ref.shape[1:])} SSL grid"
+
+
+def _check_out(out, height: int, width: int, compression: str, overwrite: bool) -> None:
+    """The output path before any model work: kind and size (``check_output_path``) and that it can be
+    written (a folder, not under a file; an existing file only with ``overwrite``)."""
+    from .sampling.output import check_output_path
+
+    check_output_path(out, height, width, compression)
+    if out is not None:
+        check_output(out, "out", overwrite=overwrite)
+
+
+def _load_cdm(cdm, device):
+    """A CDM given as a model or a path (our folder, a train-cdm checkpoint or the authors' DiT file)."""
+    if isinstance(cdm, str | Path):
+        from .models.cdm import load_cdm
+
+        if not Path(cdm).exists():
+            raise InputError(f"{cdm}: CDM checkpoint not found (train one with zoomldm train-cdm)")
+        try:
+            return load_cdm(cdm)[0].to(device).eval()
+        except ZoomLDMError as err:  # the message must name the file the user gave
+            if Path(cdm).name in str(err):
+                raise
+            raise type(err)(f"{Path(cdm).name}: {err}") from None
+    return cdm
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] ``[B,3,H,W]`` → uint8 ``[B,H,W,3]`` as the official notebooks (``clamp((x+1)/2)·255``)."""
@@ -397,8 +671,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def _check_sampling_args(steps: int, guidance: float) -> None:
     if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ZoomLDMError(f"steps must be an integer in 1..{MAX_STEPS}; got {steps}")
+        raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}; got {steps}")
     if not 0.0 <= float(guidance) <= MAX_GUIDANCE:
-        raise ZoomLDMError(
+        raise ConfigError(
             f"guidance must be in 0..{MAX_GUIDANCE} (s = 1 is no guidance, the authors use 2); got {guidance}"
         )

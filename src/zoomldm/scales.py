@@ -13,6 +13,8 @@ again covers ``256·2^k`` native pixels (SPEC §1.1, §12: 1x = 256 … 4x = 204
 
 from __future__ import annotations
 
+import numbers
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -81,31 +83,67 @@ class Scales:
         return [m.name for m in self.levels]
 
     def parse(self, value: str | int | Magnification) -> Magnification:
-        """Accept ``"2.5x"``, the authors' ``"2_5x"``, ``"2.5"``, ``"2.5X"`` or an index."""
+        """A level from its name (``"2.5x"``, ``"2.5X"``, ``"2.5"``), the authors' key (``"2_5x"``) or its
+        index (``3`` or ``"3"``), in every domain.
+
+        A bare whole number is an index when it is in range and a level name only when no level has that
+        index: ``"20"`` is 20x, ``"0"`` is the finest level of either domain. A number that is both (``"5"``
+        in pathology: index 5 is 0.625x; ``"1"`` for satellite: index 1 is 2x) is refused with a message
+        that names both readings, since silently picking one is the classic off-by-one (the satellite
+        names count from 1x, indices from 0); write ``5x`` for the name. Anything else is a
+        :class:`ZoomLDMError` that lists the valid names and indices.
+        """
         if isinstance(value, Magnification):
-            if value.domain != self.domain or value.index >= len(self):
+            if value.domain != self.domain or not 0 <= value.index < len(self):
                 raise ZoomLDMError(
-                    f"magnification {value} is not a {self.domain} level; expected one of {self.names}"
+                    f"magnification {value} is not a {self.domain} level; expected one of {self._valid()}"
                 )
             return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            if 0 <= value < len(self):
-                return self.levels[value]
+        if isinstance(value, bool) or not isinstance(value, str | numbers.Real):
             raise ZoomLDMError(
-                f"magnification index {value} is out of range 0..{len(self) - 1} for {self.domain}"
+                f"magnification must be a name or an index, got {type(value).__name__}; "
+                f"expected one of {self._valid()}"
             )
+        if isinstance(value, numbers.Integral):  # int, numpy / torch integers
+            return self._by_index(int(value), repr(int(value)))
         text = str(value).strip().lower().replace("_", ".")
-        if text.isdigit() and not text.endswith("x") and int(text) < len(self) and self.domain == "satellite":
-            # a bare small integer is ambiguous for satellite ("1" = 1x); treat it as the name
-            text = text + "x"
-        if not text.endswith("x"):
-            text = text + "x"
-        for m in self.levels:
-            if text == m.name or _same_number(text, m.name):
-                return m
+        if _WHOLE_NUMBER.fullmatch(text):
+            as_index = int(text) if len(text) <= 3 and int(text) < len(self) else None
+            as_name = self._by_name(text + "x")
+            if as_index is not None and as_name is not None and as_name.index != as_index:
+                raise ZoomLDMError(
+                    f"magnification {value!r} is ambiguous for {self.domain}: index {as_index} is "
+                    f"{self.levels[as_index].name}, but {as_name.name} is also a level; write "
+                    f"{as_name.name} or {self.levels[as_index].name}"
+                )
+            if as_index is not None:
+                return self.levels[as_index]
+            if as_name is not None:
+                return as_name
+        else:
+            found = self._by_name(text if text.endswith("x") else text + "x")
+            if found is not None:
+                return found
         raise ZoomLDMError(
-            f"unknown {self.domain} magnification {value!r}; expected one of {', '.join(self.names)}"
+            f"unknown {self.domain} magnification {_shorten(value)!r}; expected one of {self._valid()}"
         )
+
+    def _by_index(self, index: int, shown: str) -> Magnification:
+        if 0 <= index < len(self):
+            return self.levels[index]
+        raise ZoomLDMError(
+            f"magnification index {_shorten(shown)} is out of range 0..{len(self) - 1} for {self.domain}; "
+            f"expected one of {self._valid()}"
+        )
+
+    def _by_name(self, text: str) -> Magnification | None:
+        for m in self.levels:
+            if text in (m.name, m.key.replace("_", ".")) or _same_number(text, m.name):
+                return m
+        return None
+
+    def _valid(self) -> str:
+        return f"{', '.join(self.names)} (or an index 0..{len(self) - 1})"
 
     def for_downsample(self, downsample: int) -> Magnification:
         for m in self.levels:
@@ -115,10 +153,19 @@ class Scales:
 
 
 def _same_number(a: str, b: str) -> bool:
-    try:
-        return float(a[:-1]) == float(b[:-1])
-    except ValueError:
+    """``"2.50x"`` names the same level as ``"2.5x"`` (plain decimal numbers only: no ``nan``/``1e1``)."""
+    if not (_DECIMAL_NAME.fullmatch(a) and _DECIMAL_NAME.fullmatch(b)):
         return False
+    return float(a[:-1]) == float(b[:-1])
+
+
+def _shorten(value: object, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_WHOLE_NUMBER = re.compile(r"[0-9]+", re.ASCII)
+_DECIMAL_NAME = re.compile(r"[0-9]{1,12}(\.[0-9]{0,12})?x|\.[0-9]{1,12}x", re.ASCII)
 
 
 PATHOLOGY = Scales(

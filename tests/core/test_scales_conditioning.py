@@ -84,3 +84,81 @@ def test_load_grid_official_layouts(tmp_path):
         load_ssl_grid(tmp_path / "brca.npy", channels=1024)
     with pytest.raises(ZoomLDMError, match="not found"):
         load_ssl_grid(tmp_path / "nope.npy")
+
+
+# ------------------------------------------------------------------------------------------------
+# Scales.parse: names, keys and indices in every domain (issue 12); property tests with hypothesis
+# ------------------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from zoomldm.scales import DOMAINS, scales_for  # noqa: E402
+
+ALL_SCALES = [PATHOLOGY, SATELLITE, scales_for("pathology", 3)]
+
+
+@pytest.mark.parametrize(("scales", "text", "name"), [(SATELLITE, "0", "1x"), (PATHOLOGY, "0", "20x"),
+                                                      (SATELLITE, "4", "4x"), (PATHOLOGY, "20", "20x"),
+                                                      (PATHOLOGY, "1", "10x"), (PATHOLOGY, " 7 ", "0.15625x")])  # fmt: skip
+def test_index_strings_in_every_domain(scales, text, name):
+    """``-m 0`` is the finest level of the satellite model too (it was refused); whole numbers that are no
+    index stay level names (``20`` is 20x)."""
+    assert scales.parse(text).name == name
+
+
+@pytest.mark.parametrize(("scales", "text"), [(SATELLITE, "1"), (SATELLITE, "3"), (PATHOLOGY, "5")])
+def test_index_that_is_also_a_name_is_refused(scales, text):
+    """``"1"`` for satellite is index 1 (2x) and the name 1x: neither reading is picked silently."""
+    with pytest.raises(ZoomLDMError, match=rf"'{text}' is ambiguous .* write {text}x or "):
+        scales.parse(text)
+
+
+@pytest.mark.parametrize(
+    "bad", ["8", "-1", "x", "", "nan", "inf", "1e1", "²", "٣", "9" * 5000, 2.5 + 1j, None]
+)
+def test_unknown_values_list_the_valid_ones(bad):
+    with pytest.raises(ZoomLDMError) as err:
+        PATHOLOGY.parse(bad)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 300
+    if not isinstance(bad, complex | type(None)):
+        assert "20x, 10x, 5x, 2.5x, 1.25x, 0.625x, 0.3125x, 0.15625x (or an index 0..7)" in message
+
+
+@given(st.sampled_from(ALL_SCALES), st.data())
+def test_every_level_round_trips(scales, data):
+    level = data.draw(st.sampled_from(scales.levels))
+    assert scales.parse(level) is level
+    assert scales.parse(level.index) == level
+    assert scales.parse(level.name) == level
+    assert scales.parse(level.key) == level
+    assert scales.parse(level.name.upper()) == level
+    assert scales.parse(f"  {level.key.upper()} ") == level
+    bare = level.name[:-1]
+    if not bare.isdigit():  # "2.5" → 2.5x (whole numbers are indices first, checked below)
+        assert scales.parse(bare) == level
+    text = str(level.index)
+    try:
+        assert scales.parse(text) == level
+    except ZoomLDMError as err:  # only when the index is also another level's name ("1" = 1x, index 1 = 2x)
+        assert "ambiguous" in str(err) and scales._by_name(text + "x") not in (None, level)
+
+
+@given(st.sampled_from(list(DOMAINS.values())), st.one_of(st.text(max_size=30), st.integers(), st.floats()))
+@settings(max_examples=300)
+def test_random_values_raise_only_zoomldm_errors(scales, value):
+    try:
+        level = scales.parse(value)
+    except ZoomLDMError as err:
+        assert "\n" not in str(err)
+    else:
+        assert level in scales.levels
+
+
+@given(st.integers())
+def test_integer_indices(index):
+    if 0 <= index < len(PATHOLOGY):
+        assert PATHOLOGY.parse(index).index == index
+    else:
+        with pytest.raises(ZoomLDMError, match="out of range 0..7"):
+            PATHOLOGY.parse(index)

@@ -205,7 +205,10 @@ def test_rerun_skips_finished_slides_and_refuses_other_settings(extracted, slide
     )
     assert {s.id: s.status for s in report.slides}["brca_crop"] == "done"
     assert (out / "brca_crop.h5").stat().st_mtime_ns == before
-    with pytest.raises(ZoomLDMError, match="other identity"):
+    # the message names each differing setting, old → new, and what to do
+    with pytest.raises(
+        ZoomLDMError, match=r"other settings \(identity\.timestep: 100 → 50;.*another OUT folder"
+    ):
         extract_features(slide[0], out, fast_pipe, tiny_encoder, FeatureSettings(timestep=50), progress=False)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tracemalloc
 
 import numpy as np
@@ -15,6 +14,7 @@ from PIL import Image
 
 from zoomldm.errors import ZoomLDMError
 from zoomldm.io import PyramidalTiffWriter, level_shapes, package_version, write_tiff
+from zoomldm.io.tiff import read_provenance
 from zoomldm.sampling.decode import DecodeConfig, decode_large, decode_large_to
 
 MPP = 0.5
@@ -56,9 +56,9 @@ def test_generic_tiff_lossless_reads_back_in_openslide(tmp_path, he_image):
         level0 = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
         np.testing.assert_array_equal(level0, he_image)  # lossless: exact
         level1 = np.asarray(slide.read_region((0, 0), 1, slide.level_dimensions[1]).convert("RGB"))
-        record = json.loads(slide.properties["tiff.ImageDescription"])
     finally:
         slide.close()
+    record = read_provenance(path)
     # the reduced level is a 2×2 box average: PIL's independent implementation agrees within rounding
     reference = np.asarray(Image.fromarray(he_image).reduce(2))
     assert np.abs(level1.astype(int) - reference.astype(int)).max() <= 1
@@ -95,7 +95,8 @@ def test_ome_tiff_levels_and_physical_size(tmp_path, he_image):
     )
     with tifffile.TiffFile(path) as tif:
         assert tif.is_ome
-        assert len(tif.pages) == 1  # reduced levels are subIFDs of the full-resolution page
+        # reduced levels are subIFDs of the full-resolution page, and (for OpenSlide) main-chain twins
+        assert len(tif.pages) == 4 and len(tif.series) == 1
         series = tif.series[0]
         assert [level.shape for level in series.levels] == [
             (1000, 1300, 3),
@@ -106,11 +107,13 @@ def test_ome_tiff_levels_and_physical_size(tmp_path, he_image):
         np.testing.assert_array_equal(series.levels[0].asarray(), he_image)
         assert len(tif.pages[0].subifds) == 3
         assert [level.keyframe.subfiletype for level in series.levels] == [0, 1, 1, 1]
-        ome = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-    pixels = ome["Pixels"]
+        ome = tifffile.xml2dict(tif.ome_metadata)["OME"]
+    pixels = ome["Image"]["Pixels"]
     assert pixels["PhysicalSizeX"] == pytest.approx(MPP, rel=1e-9) and pixels["PhysicalSizeXUnit"] == "µm"
     assert pixels["PhysicalSizeY"] == pytest.approx(MPP, rel=1e-9) and pixels["PhysicalSizeYUnit"] == "µm"
-    assert json.loads(ome["Description"])["seed"] == 5
+    entries = ome["StructuredAnnotations"]["MapAnnotation"]["Value"]["M"]
+    assert {"K": "seed", "value": 5} in entries  # the provenance as an OME MapAnnotation (JSON values)
+    assert read_provenance(path)["seed"] == 5
 
 
 def test_streamed_rows_equal_in_memory_write_and_bad_input(tmp_path, he_image):

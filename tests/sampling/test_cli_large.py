@@ -121,7 +121,7 @@ def test_reference_free_generation_with_a_cdm(area_pipe):
 
 @pytest.mark.parametrize(("command", "inner"), [("generate", 10), ("superres", 5)])
 def test_shared_options_keep_each_commands_defaults(command, inner):
-    # the 31 shared options come from one table (cli/large.py); only the Newton iterations differ
+    # the 32 shared options come from one table (cli/large.py); only the Newton iterations differ
     import typer
 
     from zoomldm.cli import app
@@ -131,3 +131,16 @@ def test_shared_options_keep_each_commands_defaults(command, inner):
     assert params["fd_step"].default == 0.005 and params["post_t0"].default == 300
     assert params["t0"].opts == ["--t0"] and params["optimize"].secondary_opts == ["--no-optimize"]
     assert {"checkpoint", "inversion_steps", "compile", "compression", "region", "target"} <= set(params)
+
+
+def test_an_existing_output_needs_overwrite(model_args, tmp_path, capsys):
+    grid, out = tmp_path / "grid.npy", tmp_path / "done.png"
+    np.save(grid, np.zeros((32, 2, 2), np.float32))
+    out.write_bytes(b"a finished result")
+    args = ["generate", *model_args, "--reference", str(grid), "--guide", "10x", "--out", str(out), *FAST]
+    code, _, err = run_cli(args, capsys)
+    assert (
+        code == 2
+        and "done.png: already exists (pass --overwrite" in err
+        and out.read_bytes() == b"a finished result"
+    )

@@ -94,4 +94,4 @@ def test_inversion_objective_falls(compat_pipe, lr_patch):
 
 def test_input_checks(compat_pipe):
     with pytest.raises(ZoomLDMError, match=r"\[N, 3, 64, 64\]"):
-        invert_conditions(compat_pipe, torch.zeros(1, 3, 32, 32), "5x", progress=False)
+        invert_conditions(compat_pipe, torch.zeros(1, 3, 32, 32), compat_pipe.scales[2], progress=False)

@@ -14,6 +14,7 @@ import torch
 from zoomldm.config import ZoomLDMConfig
 from zoomldm.errors import ZoomLDMError
 from zoomldm.evaluation.constraints import constraint_metrics
+from zoomldm.io.tiff import read_provenance
 from zoomldm.sampling import joint as joint_module
 from zoomldm.sampling.conditions import guide_context, tile_contexts
 from zoomldm.sampling.constrained import (
@@ -28,9 +29,11 @@ from zoomldm.sampling.noise import keyed_normal
 from zoomldm.sampling.postprocess import PostprocessConfig
 from zoomldm.sampling.strided import StridedStep, strided_steps, strided_update
 from zoomldm.sampling.superres import SRConfig
+from zoomldm.scales import PATHOLOGY
 from zoomldm.schedule import official_alphas_cumprod, official_betas
 
 FAST = JointSamplingConfig(t0=50, stride=50, inner_steps=1, tile_batch=4)  # one outer step
+TEN_X = PATHOLOGY[1]  # internals take parsed levels (zoomldm.sampling.levels); the compat model is pathology
 
 
 def test_official_defaults():
@@ -111,7 +114,7 @@ def test_constraint_pulls_tiles_toward_the_guide(area_pipe, seed):
     runs = {
         n: constrained_sample(
             area_pipe,
-            "10x",
+            TEN_X,
             ctx,
             noise,
             guide,
@@ -129,9 +132,9 @@ def test_constraint_pulls_tiles_toward_the_guide(area_pipe, seed):
 
 def test_same_seed_same_tiles(area_pipe):
     ctx, noise, guide = _inputs(area_pipe, 0)
-    a = constrained_sample(area_pipe, "10x", ctx, noise, guide, config=FAST, seed=0, progress=False)
-    b = constrained_sample(area_pipe, "10x", ctx, noise, guide, config=FAST, seed=0, progress=False)
-    c = constrained_sample(area_pipe, "10x", ctx, noise, guide, config=FAST, seed=1, progress=False)
+    a = constrained_sample(area_pipe, TEN_X, ctx, noise, guide, config=FAST, seed=0, progress=False)
+    b = constrained_sample(area_pipe, TEN_X, ctx, noise, guide, config=FAST, seed=0, progress=False)
+    c = constrained_sample(area_pipe, TEN_X, ctx, noise, guide, config=FAST, seed=1, progress=False)
     assert a.tiles.shape == (4, 3, 16, 16) and a.guide_latent.shape == (1, 3, 16, 16)
     assert a.guide_image.shape == (3, 64, 64) and a.guide_image.abs().max() <= 1
     assert torch.equal(a.tiles, b.tiles) and torch.equal(a.guide_latent, b.guide_latent)
@@ -145,10 +148,10 @@ def test_viewport_requests_reproduce_the_tiles_of_the_full_image(area_pipe):
     # generating only the right column (tiles 1 and 3, in another batch layout) gives those tiles of the
     # full image, up to float rounding of batched convolutions (amplified by 1/h in the finite differences)
     ctx, noise, guide = _inputs(area_pipe, 3)
-    full = constrained_sample(area_pipe, "10x", ctx, noise, guide, config=FAST, seed=3, progress=False)
+    full = constrained_sample(area_pipe, TEN_X, ctx, noise, guide, config=FAST, seed=3, progress=False)
     part = constrained_sample(
         area_pipe,
-        "10x",
+        TEN_X,
         ctx[[1, 3]],
         noise[[1, 3]],
         guide,
@@ -216,7 +219,7 @@ def test_generate_large_image_writes_a_pyramidal_tiff(large_run):
         np.testing.assert_array_equal(page.asarray(), result.image)
         x_res = page.tags["XResolution"].value
         assert x_res[0] / x_res[1] == pytest.approx(1e4 / 0.5)  # 0.5 µm/px at 20x, in px/cm
-        assert json.loads(page.description)["seed"] == 5
+        assert read_provenance(out)["seed"] == 5  # provenance: XMP packet, see zoomldm.io.tiff
     record = json.loads(out.with_name("large.json").read_text())
     assert record["settings"]["guide"] == "10x" and record["settings"]["joint"]["inner_steps"] == 1
     for key in ("tiles", "output"):

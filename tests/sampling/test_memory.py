@@ -52,7 +52,9 @@ def test_auto_on_a_cpu_keeps_the_default(small_checkpoint, small_config):
     guide = SampledGuide(torch.randn(1, 65, dim, generator=g), torch.randn(1, 3, lat, lat, generator=g))
     ctx, noise = torch.randn(4, 65, dim, generator=g), torch.randn(4, 3, lat, lat, generator=g)
     cfg = JointSamplingConfig(inner_steps=1, tile_batch="auto")
-    result = constrained_sample(pipe, 1, ctx, noise, guide, config=cfg, start_step=19, progress=False)
+    result = constrained_sample(
+        pipe, pipe.scales[1], ctx, noise, guide, config=cfg, start_step=19, progress=False
+    )
     assert result.metrics["tile_batch"] == 4
 
 

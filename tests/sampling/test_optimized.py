@@ -24,7 +24,9 @@ def _run(pipe: ZoomLDMPipeline, inner_steps: int):
     noise = torch.randn(4, 3, lat, lat, generator=g)
     guide = SampledGuide(torch.randn(1, 65, dim, generator=g), torch.randn(1, 3, lat, lat, generator=g))
     cfg = JointSamplingConfig(inner_steps=inner_steps, tile_batch=4)
-    return constrained_sample(pipe, 1, ctx, noise, guide, config=cfg, start_step=18, progress=False)
+    return constrained_sample(
+        pipe, pipe.scales[1], ctx, noise, guide, config=cfg, start_step=18, progress=False
+    )
 
 
 def test_optimized_pipeline_gives_the_same_joint_tiles(small_checkpoint, small_config, area_pipe):

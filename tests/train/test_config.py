@@ -73,7 +73,7 @@ def test_magnification_count_that_disagrees_with_the_store(make_config, small_co
     official["model"]["params"]["cond_stage_config"]["params"]["mag_levels"] = 4  # a NAIP-style model
     four = tmp_path / "four_levels.yaml"
     four.write_text(yaml.safe_dump(official))
-    cfg = make_config(overrides=[f"model.config={four}", "model.init=scratch"])
+    cfg = make_config(overrides=[f"model.config={four}", "model.init=scratch", "model.checkpoint=null"])
     with pytest.raises(ConfigError) as err:
         Trainer(cfg).fit()
     msg = str(err.value)
@@ -82,7 +82,9 @@ def test_magnification_count_that_disagrees_with_the_store(make_config, small_co
 
 
 def test_ssl_width_that_disagrees_with_the_store(make_config):
-    cfg = make_config(overrides=["model.config=tiny", "model.init=scratch"])  # tiny takes 64-d grids
+    cfg = make_config(
+        overrides=["model.config=tiny", "model.init=scratch", "model.checkpoint=null"]
+    )  # tiny takes 64-d grids
     with pytest.raises(ConfigError, match="the store's embeddings are 32-d .* takes 64"):
         Trainer(cfg).fit()
 

@@ -95,11 +95,18 @@ def sample_cdm_tokens(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     out: Path = typer.Option(Path("outputs/cdm_tokens.safetensors"), "--out", help="tokens [n, 65, D] file"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out file"),
 ) -> None:
     """Sample Summarizer tokens with the CDM (a context for `pipe(context=…)`, or for `eval embedding-fd`)."""
     import torch
     from safetensors.torch import save_file
 
+    from ..errors import ZoomLDMError
+    from ..fsutil import atomic_path, check_output
+
+    if n < 1:
+        raise ZoomLDMError(f"--n: expected at least 1 token set, got {n}")
+    check_output(out, "--out", overwrite=overwrite)  # before any model work
     from ..models.cdm import load_cdm
     from ..models.cdm_diffusion import sample_cdm
     from ..scales import scales_for
@@ -111,9 +118,9 @@ def sample_cdm_tokens(
     tokens = sample_cdm(
         model.to(dev), level.index, batch_size=n, num_steps=steps, generator=generator, progress=True
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"magnification": level.name, "steps": str(steps), "seed": str(seed), "cdm": str(cdm)}
-    save_file({"tokens": tokens.float().cpu().contiguous()}, str(out), metadata=meta)
+    with atomic_path(out) as tmp:  # whole or nothing, with the umask's permissions (safetensors: 0600)
+        save_file({"tokens": tokens.float().cpu().contiguous()}, str(tmp), metadata=meta)
     typer.echo(
         f"wrote {out}: {n} token sets {list(tokens.shape[1:])} at {level.name} ({info['source']} weights)"
     )

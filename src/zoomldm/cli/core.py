@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..devices import apply_speed_settings, resolve_device, resolve_rank_device  # noqa: F401 (re-exported)
+
 DEFAULT_CHECKPOINT = "StonyBrook-CVLab/ZoomLDM/brca"
 CHECKPOINT_ENV = "ZOOMLDM_CHECKPOINT"
 
@@ -41,11 +43,32 @@ def convert(
         "config.yaml beside the checkpoint, else recognised from the weights",
     ),
     live: bool = typer.Option(False, "--live", help="keep the live UNet weights instead of the EMA ones"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="replace an existing OUT_DIR that is not a zoomldm model (its files are lost)",
+    ),
 ) -> None:
-    """Convert an official checkpoint into our format (loads without conversion afterwards)."""
+    """Convert an official checkpoint into our format (loads without conversion afterwards).
+
+    An existing converted model in OUT_DIR is replaced (by renames, never half-written); any other existing
+    folder is refused unless --overwrite is given, so a mistyped OUT_DIR never deletes unrelated files."""
     from ..checkpoints import file_sha256
+    from ..errors import OutputError
+    from ..fsutil import check_output
     from ..pipeline import ZoomLDMPipeline
 
+    check_output(out_dir, "OUT_DIR", kind="dir")
+    if (
+        out_dir.is_dir()
+        and any(out_dir.iterdir())
+        and not (out_dir / "zoomldm.json").is_file()
+        and not overwrite
+    ):
+        raise OutputError(
+            f"OUT_DIR {out_dir}: exists and is not a zoomldm model; pass --overwrite to replace it "
+            "(its files are deleted), or choose another OUT_DIR"
+        )
     pipe = ZoomLDMPipeline.from_official(checkpoint, config=config, ema=not live)
     pipe.save_pretrained(out_dir, extra={"converted_from_sha256": file_sha256(checkpoint)})
     typer.echo(
@@ -99,10 +122,15 @@ def sample(
     optimize: bool | None = OPTIMIZE_OPTION,
     compile: str | None = COMPILE_OPTION,
     out: Path = typer.Option(Path("outputs/samples"), "--out", help="output directory"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace the patches of an earlier run in --out (refused by default)"
+    ),
 ) -> None:
     """Generate N patches at a magnification, conditioned on SSL embeddings or a reference image."""
     from ..conditioning import load_ssl_grid
-    from ..errors import ZoomLDMError
+    from ..errors import OutputError, ZoomLDMError
+    from ..fsutil import check_output
+    from ..io.images import load_image
     from ..pipeline import ZoomLDMPipeline
 
     if sum(x is not None and x is not False for x in (ssl, reference, unconditional or None)) != 1:
@@ -117,6 +145,18 @@ def sample(
     ):
         if path is not None and not path.exists():
             raise ZoomLDMError(f"file not found: {path}")
+    for value, option in ((n, "--n"), (batch_size, "--batch-size")):
+        if value < 1:
+            raise ZoomLDMError(f"{option} {value}: must be at least 1")
+    # the output is checked before the (slow) model loading and sampling, so a bad --out fails fast
+    check_output(out, "--out", kind="dir")
+    if not overwrite and out.is_dir() and any(out.glob("patch_*.png")):
+        raise OutputError(
+            f"--out {out}: holds the patches of an earlier run; pass --overwrite to replace them, "
+            "or choose another --out"
+        )
+    # the reference is decoded before the (slow) model loading, so damaged pixel data fails fast
+    image = load_image(reference, "reference image") if reference is not None else None
     device = resolve_device(device)
     pipe = ZoomLDMPipeline.from_pretrained(
         _checkpoint(checkpoint), config=config, ema=not live, device=device, dtype=dtype
@@ -131,7 +171,7 @@ def sample(
     if ssl is not None:
         grid = load_ssl_grid(ssl, channels=pipe.config.ssl_channels)
     else:
-        grid = _embed_reference(reference, encoder, encoder_weights, device, pipe.config.ssl_channels)
+        grid = _embed_reference(reference, image, encoder, encoder_weights, device, pipe.config.ssl_channels)
     result = pipe(
         ssl=grid,
         magnification=mag,
@@ -145,14 +185,12 @@ def sample(
     _write_patches(out, result)
 
 
-def _embed_reference(path: Path, encoder: str, weights: str | None, device: str, channels: int):
-    import numpy as np
-    from PIL import Image
-
+def _embed_reference(path: Path, image, encoder: str, weights: str | None, device: str, channels: int):
+    """The SSL grid of the reference region ``image`` (uint8 HWC, read from ``path`` by
+    :func:`~zoomldm.io.images.load_image`), embedded tile by tile; non-finite embeddings name ``path``."""
     from ..data.encoders import build_encoder, encode_region_grid
-    from ..errors import ZoomLDMError
+    from ..errors import InputError, ZoomLDMError
 
-    image = np.asarray(Image.open(path).convert("RGB"))
     if image.shape[0] % 256 or image.shape[1] % 256:
         raise ZoomLDMError(
             f"{path.name} is {image.shape[1]}×{image.shape[0]}; a reference region must be a "
@@ -161,7 +199,10 @@ def _embed_reference(path: Path, encoder: str, weights: str | None, device: str,
     enc = build_encoder(encoder, weights=weights, device=device)
     if enc.dim != channels:
         raise ZoomLDMError(f"encoder {encoder} gives {enc.dim}-d embeddings, the model expects {channels}")
-    return encode_region_grid(enc, image).cpu()
+    try:
+        return encode_region_grid(enc, image).cpu()
+    except InputError as err:  # e.g. non-finite embeddings: say which image they came from
+        raise InputError(f"{path}: {err}") from err
 
 
 def _sample_unconditional(pipe, cdm_path, mag, n, steps, guidance, scheduler, cdm_steps, seed, device):
@@ -213,56 +254,23 @@ def demo(
         None, "--checkpoint", help=f"default: ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT}"
     ),
     out: Path = typer.Option(Path("outputs/demo"), "--out"),
-    steps: int = typer.Option(None, "--steps", help="default 50 (10 for the random stand-in model)"),
+    steps: int = typer.Option(None, "--steps", help="default 50 (10 for a random stand-in model)"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1, …"),
 ) -> None:
     """The main job: patches at every magnification from a real image's embeddings, then a large image.
 
-    With no trained checkpoint reachable (offline), it says so in one line and runs the same pipeline on
-    a small randomly initialised model of the same architecture, so every stage runs and writes its files.
+    With the published checkpoint unreachable (offline) and no --checkpoint given, it says so in one line
+    and runs the same pipeline on the package's embedded small model (trained on one H&E image; see
+    zoomldm/assets/tiny_brca/MODEL_CARD.md). A --checkpoint that cannot be loaded is an error (exit 2).
     """
     from ..demo import run_demo
 
-    run_demo(_checkpoint(checkpoint), out, steps=steps, seed=seed, device=resolve_device(device))
+    explicit = checkpoint is not None or bool(os.environ.get(CHECKPOINT_ENV))  # named: no stand-in model
+    run_demo(
+        _checkpoint(checkpoint), out, steps=steps, seed=seed, device=resolve_device(device), explicit=explicit
+    )
 
 
 def _checkpoint(value: str | None) -> str:
     return value or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
-
-
-def apply_speed_settings(pipe, optimize: bool | None, compile: str | None, unet=None) -> None:
-    """``pipe.optimize(...)`` as the flags ask (``optimize=None``: on when the pipeline is on CUDA); a second
-    UNet (the live weights for post-processing) gets the same settings."""
-    from ..models.inference import optimize_for_inference
-
-    if optimize is None:
-        optimize = pipe.device.type == "cuda"
-    if not (optimize or compile):
-        return
-    settings = {
-        "channels_last": None if optimize else False,
-        "fuse_projections": bool(optimize),
-        "compile": True if compile == "default" else (compile or False),
-    }
-    pipe.optimize(**settings)
-    if unet is not None:
-        optimize_for_inference(unet, **settings)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_rank_device(device: str) -> str:
-    """:func:`resolve_device`, with ``cuda`` → ``cuda:LOCAL_RANK`` under torchrun / accelerate (one GPU per
-    rank) for the commands that shard their work over ranks."""
-    device = resolve_device(device)
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    return device

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..fsutil import atomic_path, check_input, check_output
+
 eval_app = typer.Typer(
     help="Evaluate samples: FID per magnification, constraint metrics, embedding Fréchet distance.",
     no_args_is_help=True,
@@ -74,11 +76,30 @@ def fid(
     from ..evaluation.fid import fid_for_magnification
     from ..scales import scales_for
 
+    # 1. validate every argument before loading a model or an extractor (a bad path fails in a second)
     level = scales_for(domain).parse(magnification)
     if (generated is None) == (cdm is None):
         raise ZoomLDMError(
             "give either --generated (a folder of patches) or --cdm with --checkpoint to generate them"
         )
+    _check_real(real)
+    if generated is not None:
+        _check_images(generated, "--generated")
+    if cdm is not None:
+        check_input(cdm, "--cdm", kind="dir" if cdm.is_dir() else "file")
+        if checkpoint is None:
+            raise ZoomLDMError("--cdm needs --checkpoint: the ZoomLDM that turns its tokens into patches")
+        _check_count(num_samples, "--num-samples", 2)
+    for value, option in ((steps, "--steps"), (cdm_steps, "--cdm-steps"), (batch_size, "--batch-size"),
+                          (sample_batch_size, "--sample-batch-size")):  # fmt: skip
+        _check_count(value, option)
+    _check_finite(guidance, "--guidance")
+    if inception_weights is not None:
+        check_input(inception_weights, "--inception-weights")
+    check_output(out, "--out", kind="dir")
+    if cache_dir is not None:
+        check_output(cache_dir, "--cache-dir", kind="dir")
+
     source = generated
     if cdm is not None:
         source = _cdm_generator(
@@ -124,9 +145,27 @@ def constraint(
     json_out: Path = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
 ) -> None:
     """PSNR and MAE (8-bit levels) between the downsampled image and its guide."""
-    from ..evaluation.constraints import constraint_metrics
+    from ..errors import InputError
+    from ..evaluation.constraints import FILTERS, constraint_metrics
 
-    metrics = constraint_metrics(_read_rgb(image), _read_rgb(guide), factor=factor, filter=filter)
+    if filter not in FILTERS:
+        raise InputError(f"--filter {filter!r}: expected one of {', '.join(FILTERS)}")
+    if factor is not None:
+        _check_count(factor, "--factor")
+    if json_out is not None:
+        check_output(json_out, "--json")
+    high, low = _read_rgb(image, "IMAGE"), _read_rgb(guide, "GUIDE")
+    if factor is not None and (
+        high.shape[0] % factor
+        or high.shape[1] % factor
+        or high.shape[:2] != tuple(factor * n for n in low.shape[:2])
+    ):
+        raise InputError(
+            f"--factor {factor}: {image.name} is {high.shape[1]}x{high.shape[0]} and {guide.name} is "
+            f"{low.shape[1]}x{low.shape[0]}; the image must be exactly factor × the guide "
+            "(omit --factor to use the ratio)"
+        )
+    metrics = constraint_metrics(high, low, factor=factor, filter=filter)
     record = {
         "image": str(image),
         "guide": str(guide),
@@ -134,9 +173,9 @@ def constraint(
         "filter": filter,
         **metrics.to_dict(),
     }
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(record, indent=2))
+    if json_out is not None:  # replaced if it exists: the record of the same two images
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
     typer.echo(
         f"PSNR {metrics.psnr:.2f} dB  MAE {metrics.mae:.3f}  max |diff| {metrics.max_abs:.1f}  ({filter} filter)"
     )
@@ -148,9 +187,16 @@ def embedding_fd(
     b: Path = typer.Argument(..., help="embeddings [M, ...] of the same per-sample shape"),
 ) -> None:
     """Fréchet distance between two embedding sets (e.g. real Summarizer tokens vs CDM samples)."""
+    from ..errors import InputError
     from ..evaluation.frechet import embedding_frechet_distance
 
-    typer.echo(f"Fréchet distance: {embedding_frechet_distance(_read_array(a), _read_array(b)):.6f}")
+    first, second = _read_array(a, "A"), _read_array(b, "B")
+    if first.shape[1:] != second.shape[1:]:
+        raise InputError(
+            f"{a.name} holds {list(first.shape)} and {b.name} holds {list(second.shape)}; "
+            "the per-sample shapes must match"
+        )
+    typer.echo(f"Fréchet distance: {embedding_frechet_distance(first, second):.6f}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,49 +225,127 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def _read_rgb(path: Path):
+def _check_count(value: int, option: str, minimum: int = 1) -> None:
+    from ..errors import InputError
+
+    if value < minimum:
+        raise InputError(f"{option} must be at least {minimum}; got {value}")
+
+
+def _check_finite(value: float, option: str) -> None:
+    import math
+
+    from ..errors import InputError
+
+    if not math.isfinite(value):
+        raise InputError(f"{option} must be a finite number; got {value}")
+
+
+def _check_images(folder: Path, option: str) -> None:
+    """A folder that holds patches (listing it is cheap; reading them is the extractor's work)."""
+    from ..errors import InputError, ZoomLDMError
+    from ..evaluation.fid import list_images
+
+    check_input(folder, option, kind="dir")
+    try:
+        list_images(folder)
+    except ZoomLDMError as err:
+        raise InputError(f"{option} {folder}: {err}") from None
+
+
+def _check_real(real: Path) -> None:
+    """``--real``: a folder of patches or a statistics ``.npz`` that loads and holds finite numbers."""
     import numpy as np
 
-    from ..errors import ZoomLDMError
+    from ..errors import InputError, ZoomLDMError
+    from ..evaluation.frechet import FeatureStatistics
 
-    if not path.is_file():
-        raise ZoomLDMError(f"image not found: {path}")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    if real.suffix != ".npz":
+        _check_images(real, "--real")
+        return
+    check_input(real, "--real")
+    try:
+        stats = FeatureStatistics.load(real)
+    except ZoomLDMError:
+        raise
+    except Exception as err:  # numpy/zipfile raise many types for a damaged archive
+        raise InputError(
+            f"--real {real}: not a readable statistics .npz ({type(err).__name__}); recompute it or give the "
+            "folder of real patches"
+        ) from None
+    if not (np.isfinite(stats.mu).all() and np.isfinite(stats.sigma).all()):
+        raise InputError(f"--real {real}: non-finite values (NaN/inf) in the statistics; recompute them")
 
-        array = tifffile.imread(path, key=0)  # the full-resolution page of a pyramid
-    else:
-        from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = None  # large generated images are the point here
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
+def _read_rgb(path: Path, what: str = "image"):
+    import numpy as np
+
+    from ..errors import InputError
+
+    if not path.exists():
+        raise InputError(f"{what} {path}: image not found (check the path)")
+    check_input(path, what)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path, key=0)  # the full-resolution page of a pyramid
+        else:
+            from PIL import Image
+
+            Image.MAX_IMAGE_PIXELS = None  # large generated images are the point here
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"))
+    except Exception as err:  # Pillow / tifffile raise many types for damaged or foreign files
+        detail = " ".join(str(err).split())[:80]
+        raise InputError(
+            f"{what} {path}: not a readable image ({type(err).__name__}: {detail}); give a PNG, JPEG or TIFF"
+        ) from None
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ZoomLDMError(f"{path.name}: expected an 8-bit RGB image, got {array.dtype} {list(array.shape)}")
+        raise InputError(f"{path.name}: expected an 8-bit RGB image, got {array.dtype} {list(array.shape)}")
     return array[..., :3]
 
 
-def _read_array(path: Path):
+def _read_array(path: Path, what: str):
     import numpy as np
 
-    from ..errors import ZoomLDMError
+    from ..errors import InputError
 
-    if not path.is_file():
-        raise ZoomLDMError(f"file not found: {path}")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
+    check_input(path, what)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".safetensors", ".pt", ".pth"):
+        raise InputError(f"{what} {path}: expected .npy, .pt or .safetensors embeddings")
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".safetensors":
+            from safetensors.numpy import load_file
 
-        tensors = load_file(str(path))
-        if len(tensors) != 1:
-            raise ZoomLDMError(f"{path.name} holds {len(tensors)} tensors; expected exactly one")
-        return next(iter(tensors.values()))
-    if path.suffix in (".pt", ".pth"):
-        import torch
+            tensors = load_file(str(path))
+            if len(tensors) != 1:
+                raise InputError(f"{what} {path}: holds {len(tensors)} tensors; expected exactly one")
+            array = next(iter(tensors.values()))
+        else:
+            import torch
 
-        value = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(value, torch.Tensor):
-            raise ZoomLDMError(f"{path.name} must hold a single tensor")
-        return value
-    raise ZoomLDMError(f"{path.name}: expected .npy, .pt or .safetensors")
+            value = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(value, torch.Tensor):
+                raise InputError(f"{what} {path}: must hold a single tensor, not a {type(value).__name__}")
+            array = value.double().numpy()
+    except InputError:
+        raise
+    except Exception as err:  # numpy / safetensors / torch raise many types for damaged files
+        raise InputError(
+            f"{what} {path}: damaged or not a {suffix} array file ({type(err).__name__}); recompute it"
+        ) from None
+    array = np.asarray(array)
+    if array.ndim < 2 or array.shape[0] < 2 or not np.issubdtype(array.dtype, np.number):
+        raise InputError(
+            f"{what} {path}: expected at least 2 numeric embeddings [N, ...]; got {list(array.shape)}"
+        )
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise InputError(
+            f"{what} {path}: {bad} non-finite values (NaN/inf) in the embeddings; recompute them"
+        )
+    return array

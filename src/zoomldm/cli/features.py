@@ -1,5 +1,5 @@
-"""``zoomldm features``: multi-scale ZoomLDM UNet features per slide (a thin layer over
-:func:`zoomldm.features.extract.extract_features`)."""
+"""``zoomldm features``: multi-scale ZoomLDM UNet features per slide (option parsing and printing around
+:func:`zoomldm.extract_features`, i.e. :func:`zoomldm.features.extract.extract_features`)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,18 @@ def features(
     blocks: str = typer.Option("mid,up1", "--blocks", help="UNet blocks to pool: mid, up0, up1, … (decoder)"),
     fusion: str = typer.Option("concat", "--fusion", help="how magnifications are fused: concat or mean"),
     checkpoint: str = typer.Option(
-        "brca", "--checkpoint", help="our model dir, an official .ckpt, a hub id, or brca / naip"
+        None,
+        "--checkpoint",
+        help="our model dir, an official .ckpt, a hub id, or brca / naip (default: brca; with --config: "
+        "random weights)",
     ),
-    config: str = typer.Option(None, "--config", "-c", help="preset or yaml for an official --checkpoint"),
+    config: str = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="preset or yaml for an official --checkpoint; without --checkpoint: random weights of that "
+        "architecture (seeded by --seed) and a random encoder of its width, as in `prepare` (tests and demos)",
+    ),
     live: bool = typer.Option(False, "--live", help="use the live UNet weights instead of the EMA ones"),
     encoder: str = typer.Option(
         None, "--encoder", help="SSL encoder for the conditions: uni, dinov2_vitl14_reg, timm:<name>"
@@ -50,25 +59,22 @@ def features(
     workers: int = typer.Option(1, "--workers", help="slides processed in parallel by worker processes"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (each rank uses cuda:LOCAL_RANK)"),
     dtype: str = typer.Option("float32", "--dtype", help="UNet/Summarizer dtype: float32, bfloat16, float16"),
-    seed: int = typer.Option(0, "--seed", help="seed of the shared noise latent"),
+    seed: int = typer.Option(0, "--seed", help="seed of the shared noise latent (and of random weights)"),
     optimize: bool | None = OPTIMIZE_OPTION,
     compile: str | None = COMPILE_OPTION,
-    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when any slide failed"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Extract ZoomLDM features of every tissue tile, fused across magnifications; resumable, parallel.
 
     Rerun the same command to resume; run it under `torchrun` / `accelerate launch` to shard the slides
     over ranks. Feed OUT to `zoomldm mil train`.
-    """
-    from ..data.encoders import DOMAIN_ENCODERS, build_encoder
-    from ..data.prepare import find_slides
-    from ..features.extract import FeatureSettings, extract_features
-    from ..pipeline import ZoomLDMPipeline
-    from .core import apply_speed_settings, resolve_rank_device
-    from .prepare import parse_option
 
-    device = resolve_rank_device(device)
+    Exit status: 0 all slides done; 2 bad options or inputs (nothing done); 3 finished, but some slides
+    failed (each is named with its reason, also in OUT/report_rank<r>.json; rerun to retry only those).
+    """
+    from ..features.extract import FeatureSettings, extract_features
+    from .prepare import exit_if_failed, parse_option
+
     settings = FeatureSettings(
         magnifications=tuple(m.strip() for m in magnifications.split(",") if m.strip()),
         timestep=timestep,
@@ -81,24 +87,32 @@ def features(
         resampling=resampling,
         workers=workers,
     )
-    sources = find_slides(slides_dir, slides_csv, mpp)
-    pipe = ZoomLDMPipeline.from_pretrained(
-        checkpoint, config=config, ema=not live, device=device, dtype=dtype
-    )
-    apply_speed_settings(pipe, optimize, compile)
-    enc = build_encoder(
-        encoder or DOMAIN_ENCODERS[pipe.config.domain],
-        weights=encoder_weights,
+
+    def log(line: str) -> None:
+        typer.echo(line, err=line.startswith("note:"))  # notes to stderr, per-slide lines to stdout
+
+    report = extract_features(
+        slides_dir,
+        out,
+        checkpoint,
+        encoder,
+        settings,
+        progress=progress,
+        log=log,
+        config=config,
+        live=live,
+        encoder_weights=encoder_weights,
+        encoder_options=dict(parse_option(o) for o in encoder_option or []),
+        slides_csv=slides_csv,
+        mpp=mpp,
         device=device,
-        **dict(parse_option(o) for o in encoder_option or []),
+        dtype=dtype,
+        optimize=optimize,
+        compile=compile,
     )
-    report = extract_features(sources, out, pipe, enc, settings, progress=progress, log=typer.echo)
     written = [s for s in report.slides if s.status == "written"]
     typer.echo(
         f"{out}: {len(written)} slides written ({sum(s.tiles for s in written)} tiles, "
         f"{report.tiles_per_second:.1f} tiles/s), {sum(s.status == 'done' for s in report.slides)} already done"
     )
-    for failed in report.failed:
-        typer.secho(f"failed: {failed.id} ({failed.path}): {failed.error}", fg=typer.colors.RED, err=True)
-    if report.failed and strict:
-        raise typer.Exit(1)
+    exit_if_failed(report.failed, "fix or remove them and rerun the same command: only they are retried")

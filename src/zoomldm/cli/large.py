@@ -1,7 +1,8 @@
 """Large images: ``zoomldm generate`` (joint multi-scale sampling) and ``zoomldm superres``.
 
-Both are thin layers over :func:`zoomldm.sampling.joint.generate_large_image` and
-:func:`zoomldm.sampling.superres.super_resolve`; every hyper-parameter has the official value as default.
+Both are thin layers over :meth:`ZoomLDMPipeline.generate_large` and :meth:`ZoomLDMPipeline.super_resolve`:
+they parse the options, load the model, call the method (the settings go by the same names,
+:data:`zoomldm.sampling.settings.OPTIONS`) and print. Every hyper-parameter has the official value as default.
 The output is a PNG up to 2048² pixels and a pyramidal TIFF (written tile by tile) above, unless ``--out``
 names the file; ``<stem>_guide.png`` and ``<stem>.json`` (metrics, settings) are written beside it.
 """
@@ -27,7 +28,6 @@ from .core import (
     resolve_device,
 )
 
-GRID_SUFFIXES = {".npy", ".pt", ".pth", ".safetensors"}
 PNG_MAX_SIDE = 2048
 
 # -- options of one command only, or used at a different place in each command's --help --
@@ -121,6 +121,11 @@ def _shared_options(inner_steps: int, inner_help: str) -> list[tuple[str, Any, A
         ("compile", str | None, COMPILE_OPTION),
         ("no_resume", bool, opt(False, "--no-resume", help="ignore and do not write the resume state")),
         (
+            "overwrite",
+            bool,
+            opt(False, "--overwrite", help="replace an existing output (default: refuse it)"),
+        ),
+        (
             "compression",
             str,
             opt("jpeg", "--compression", help="TIFF tiles: jpeg (quality 90), zlib (lossless), none"),
@@ -162,6 +167,7 @@ class LargeImageOptions:
     optimize: bool | None
     compile: str | None
     no_resume: bool
+    overwrite: bool
     compression: str
 
     def load(self):
@@ -188,47 +194,24 @@ class LargeImageOptions:
         apply_speed_settings(pipe, self.optimize, self.compile, unet=live_unet)
         return live_unet
 
-    def configs(self, joint_cls, pipe):
-        """``(sampling config of joint_cls, PostprocessConfig or False, DecodeConfig, InversionConfig)``."""
-        from ..sampling.decode import DecodeConfig
-        from ..sampling.inversion import InversionConfig
-        from ..sampling.postprocess import PostprocessConfig
+    def sampling_options(self) -> dict[str, Any]:
+        """The settings as the pipeline methods take them (by option name; see
+        :func:`zoomldm.sampling.settings.large_image_settings`) and the run options."""
+        from ..sampling.settings import FLAGS, OPTIONS
 
-        joint = joint_cls(
-            t0=self.t0,
-            stride=self.stride,
-            guidance_w=self.guidance_w,
-            h=self.fd_step,
-            lr=self.newton_lr,
-            inner_steps=self.inner_steps,
-            tile_batch=_parse_tile_batch(self.tile_batch),
-            variance_preserving_update=not self.colab_update,
+        values = {name: getattr(self, name) for name in (*OPTIONS, *FLAGS)}
+        values["tile_batch"] = _parse_tile_batch(self.tile_batch)
+        run = dict(
+            seed=self.seed, compression=self.compression, resume=not self.no_resume, overwrite=self.overwrite
         )
-        post: PostprocessConfig | bool = False  # the library's "no post-processing"
-        if not self.no_postprocess:
-            post = PostprocessConfig(
-                t0=self.post_t0,
-                stride=self.post_stride,
-                guidance_w=self.post_guidance_w,
-                window=self.post_window,
-                window_stride=self.post_window_stride,
-                interp=self.post_interp,
-                window_batch=self.window_batch,
-                use_live_weights=self.post_live_weights,
-            )
-        tile = pipe.config.latent_size
-        decode = DecodeConfig(window=tile, stride=max(tile // 4, 1), batch_size=self.decode_batch)
-        inversion = InversionConfig(
-            steps=self.inversion_steps, lr=self.inversion_lr, sim_weight=self.sim_weight
-        )
-        return joint, post, decode, inversion
+        return dict(values, **run)
 
 
 def with_large_image_options(inner_steps: int, inner_help: str) -> Callable[[Callable], Callable]:
     """Give a command the shared options: its own parameters stay as written, a final ``opts`` parameter is
     replaced by the shared ones in its signature (what typer reads), and their values reach it as a
     :class:`LargeImageOptions`. Why: typer reads options from the signature only, and the two commands share
-    31 of them; written out twice (and collected twice) every change had to be made in four places."""
+    32 of them; written out twice (and collected twice) every change had to be made in four places."""
     shared = _shared_options(inner_steps, inner_help)
     names = [name for name, _, _ in shared]
 
@@ -254,14 +237,14 @@ def with_large_image_options(inner_steps: int, inner_help: str) -> Callable[[Cal
 
 
 def _parse_tile_batch(text: str) -> int | str:
-    from ..errors import ZoomLDMError
+    from ..errors import ConfigError
 
     if text == "auto":
         return text
     try:
         return int(text)
     except ValueError:
-        raise ZoomLDMError(f"--tile-batch takes a number of tiles or auto; got {text!r}") from None
+        raise ConfigError(f"--tile-batch takes a number of tiles or auto; got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -270,14 +253,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
-    from ..errors import ZoomLDMError
+    from ..errors import ConfigError
 
     if text is None:
         return None
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
-        raise ZoomLDMError(f"--region must be X,Y,W,H in pixels; got {text!r}") from None
+        raise ConfigError(f"--region must be X,Y,W,H in pixels; got {text!r}") from None
     return x, y, w, h
 
 
@@ -315,7 +298,10 @@ def generate(
     ),
     region: str = _REGION,
     out: Path = typer.Option(
-        None, "--out", help="output .tif/.ome.tif/.png (default outputs/large_<guide>.…)"
+        None,
+        "--out",
+        help="output .tif/.ome.tif/.png (default outputs/large_<guide>_<to>_seed<N>.png or .tif; "
+        "outputs/large_seed<N>.tif when the guide is taken from the reference)",
     ),
     cdm: Path = typer.Option(None, "--cdm", help="CDM checkpoint for reference-free generation"),
     encoder: str = typer.Option("uni", "--encoder", help="SSL encoder for an image --reference"),
@@ -325,86 +311,38 @@ def generate(
     opts: LargeImageOptions = None,
 ) -> None:
     """Generate a large image (e.g. 4096² at 20x) jointly with a low-magnification guide (SPEC §4)."""
-    from ..errors import ZoomLDMError
-    from ..sampling.joint import JointSamplingConfig, generate_large_image, plan_stages
+    from ..fsutil import check_input, check_output
+    from ..sampling.joint import plan_stages
+    from ..sampling.levels import parse_level
 
-    # 1. validate the request before loading encoders or sampling
-    if reference is not None and cdm is not None:
-        raise ZoomLDMError("give --reference (a real region) or --cdm (reference-free), not both")
-    for path in (reference, cdm):
-        if path is not None and not path.exists():
-            raise ZoomLDMError(f"file not found: {path}")
+    if (
+        reference is not None
+    ):  # missing / empty inputs and unwritable outputs: refused before loading the model
+        check_input(reference, "--reference")
+    if out is not None:
+        check_output(out, "--out", overwrite=opts.overwrite)
     regions = _parse_region(region)
     ckpt, pipe = opts.load()
-    stages = plan_stages(pipe, guide, target, size, regions)  # one scale pair, or a cascade of two
-    first, plan = stages[0], stages[-1]
-    joint, post, decode, inversion = opts.configs(JointSamplingConfig, pipe)
-    out = out or _default_out(
-        f"large_{first.guide.key}_{plan.target.key}_seed{opts.seed}", max(plan.height, plan.width)
-    )
-
-    # 2. conditions: the reference's SSL grid, or the CDM
-    grid, cdm_model = None, None
-    if reference is not None:
-        grid = _reference_grid(reference, pipe, first, encoder, encoder_weights, opts.device)
-    elif cdm is not None:
-        cdm_model = _load_cdm(cdm, opts.device)
-    live_unet = opts.live_unet_and_speed(ckpt, pipe)
-
-    # 3. sample, post-process, decode, write
-    result = generate_large_image(
-        pipe,
-        grid,
-        guide=first.guide,
-        target=plan.target,
+    gmag = parse_level(pipe, guide, "--guide") if guide is not None else None  # parsed once, here
+    tmag = parse_level(pipe, target, "--to") if target is not None else None
+    if out is None and (gmag is not None or size is not None):
+        stages = plan_stages(pipe, gmag, tmag, size, regions)
+        name = f"large_{stages[0].guide.key}_{stages[-1].target.key}_seed{opts.seed}"
+        out = _default_out(name, max(stages[-1].height, stages[-1].width))
+    result = pipe.generate_large(
+        reference=reference,
+        cdm=cdm,
+        guide=gmag,
+        target=tmag,
         size=size,
         region=regions,
-        config=joint,
-        postprocess=post,
-        decode=decode,
-        seed=opts.seed,
-        out=out,
-        cdm=cdm_model,
-        inversion=inversion,
-        live_unet=live_unet,
-        compression=opts.compression,
-        resume=not opts.no_resume,
+        out=out or Path("outputs") / f"large_seed{opts.seed}.tif",
+        encoder=encoder,
+        encoder_weights=encoder_weights,
+        live_unet=opts.live_unet_and_speed(ckpt, pipe),
+        **opts.sampling_options(),
     )
     _report(result)
-
-
-def _reference_grid(path: Path, pipe, plan, encoder: str, weights: str | None, device: str):
-    import numpy as np
-    from PIL import Image
-
-    from ..conditioning import load_ssl_grid
-    from ..data.encoders import build_encoder, encode_region_grid
-    from ..errors import ZoomLDMError
-
-    if path.suffix.lower() in GRID_SUFFIXES:
-        return load_ssl_grid(path, channels=pipe.config.ssl_channels)
-    tile = pipe.config.image_size
-    side = plan.guide.grid_size * tile
-    with Image.open(path) as im:
-        if im.size != (side, side):
-            raise ZoomLDMError(
-                f"{path.name} is {im.size[0]}×{im.size[1]}; a {plan.guide} guide needs the {side}² region at "
-                f"{pipe.scales[0]} under it (one SSL embedding per {tile}² tile)"
-            )
-        image = np.asarray(im.convert("RGB"))
-    enc = build_encoder(encoder, weights=weights, device=device)
-    if enc.dim != pipe.config.ssl_channels:
-        raise ZoomLDMError(
-            f"encoder {encoder} gives {enc.dim}-d embeddings; the model expects {pipe.config.ssl_channels}"
-        )
-    return encode_region_grid(enc, image, tile=tile).cpu()
-
-
-def _load_cdm(path: Path, device: str):
-    from ..models.cdm import ConditioningDiT, load_official_cdm
-
-    model = ConditioningDiT.from_pretrained(path) if path.is_dir() else load_official_cdm(path)[0]
-    return model.to(device).eval()
 
 
 @with_large_image_options(5, "Newton iterations per step (SR notebook: 5)")
@@ -426,41 +364,36 @@ def superres(
     opts: LargeImageOptions = None,
 ) -> None:
     """Super-resolve a low-magnification image (e.g. 5x → 20x) by condition inversion + constrained sampling."""
-    from ..errors import ZoomLDMError
+    from ..fsutil import check_output
     from ..sampling.joint import plan_large_image
-    from ..sampling.superres import SRConfig, load_lr_image, super_resolve
+    from ..sampling.levels import parse_level
+    from ..sampling.superres import load_lr_image
 
-    if not lr_image.is_file():
-        raise ZoomLDMError(f"file not found: {lr_image}")
-    image = load_lr_image(lr_image, resize)
+    image = load_lr_image(lr_image, resize)  # a missing or damaged file is refused before loading the model
+    if out is not None:
+        check_output(out, "--out", overwrite=opts.overwrite)
     regions = _parse_region(region)
     ckpt, pipe = opts.load()
-    size = pipe.config.image_size
-    if image.shape[0] % size or image.shape[1] % size:
-        raise ZoomLDMError(
-            f"{lr_image.name} is {image.shape[1]}×{image.shape[0]}; the input must be a whole number of {size}² "
-            f"patches at {source} (use --resize, e.g. --resize {size} for one patch)"
+    source = parse_level(pipe, source, "--from")  # parsed once, here
+    tmag = parse_level(pipe, target, "--to") if target is not None else None
+    if out is None:  # the default name needs the output size: .png up to 2048², else .tif
+        tile = pipe.config.image_size
+        whole = not (image.shape[0] % tile or image.shape[1] % tile)  # else super_resolve says what is wrong
+        plan = (
+            plan_large_image(pipe, source, tmag, region=regions, guide_shape=image.shape[:2])
+            if whole
+            else None
         )
-    plan = plan_large_image(pipe, source, target, region=regions, guide_shape=image.shape[:2])
-    sr, post, decode, inversion = opts.configs(SRConfig, pipe)
-    out = out or _default_out(
-        f"{lr_image.stem}_{plan.target.key}_seed{opts.seed}", max(plan.height, plan.width)
-    )
-    live_unet = opts.live_unet_and_speed(ckpt, pipe)
-    result = super_resolve(
-        pipe,
-        image,
-        plan.guide,
-        to_magnification=plan.target,
-        config=sr,
-        inversion=inversion,
-        postprocess=post,
-        decode=decode,
-        seed=opts.seed,
+        side = max(plan.height, plan.width) if plan else 0
+        out = _default_out(f"{lr_image.stem}_{(tmag or pipe.scales[0]).key}_seed{opts.seed}", side)
+    result = pipe.super_resolve(
+        lr_image,  # read (again) by the method, so that its messages name the file
+        source,
+        tmag,
+        resize=resize,
         out=out,
         region=regions,
-        live_unet=live_unet,
-        compression=opts.compression,
-        resume=not opts.no_resume,
+        live_unet=opts.live_unet_and_speed(ckpt, pipe),
+        **opts.sampling_options(),
     )
     _report(result)

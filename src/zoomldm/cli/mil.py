@@ -1,4 +1,5 @@
-"""``zoomldm mil train`` / ``zoomldm mil eval``: slide-level gated ABMIL over per-slide feature files."""
+"""``zoomldm mil train`` / ``zoomldm mil eval``: slide-level gated ABMIL over per-slide feature files
+(option parsing and printing around :func:`zoomldm.train_mil` and :func:`zoomldm.features.mil.evaluate_models`)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def train(
     dropout: float = typer.Option(0.25, help="Dropout in the embedding and attention branches."),
     max_tiles: int | None = typer.Option(None, help="Subsample this many tiles per bag while training."),
     val_fraction: float = typer.Option(
-        0.2, help="Fraction of each training fold held out for early stopping."
+        0.2,
+        help="Fraction of each training fold held out for early stopping (small cohorts: larger, so that "
+        "every class keeps one validation slide).",
     ),
     balance: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
     splits_from: Path | None = typer.Option(
@@ -43,9 +46,12 @@ def train(
     """Train ABMIL with stratified k-fold cross-validation; report AUC and balanced accuracy per fold."""
     from rich.console import Console
 
-    from ..features.mil import MILConfig, cross_validate
+    from ..features.mil import train_mil
 
-    config = MILConfig(
+    result = train_mil(
+        features_dir,
+        labels_csv,
+        out,
         folds=folds,
         epochs=epochs,
         patience=patience,
@@ -55,14 +61,8 @@ def train(
         dropout=dropout,
         max_tiles=max_tiles,
         val_fraction=val_fraction,
-        balance_classes=balance,
+        balance=balance,
         seed=seed,
-    )
-    result = cross_validate(
-        features_dir,
-        labels_csv,
-        out,
-        config,
         splits_from=splits_from,
         thumbnails=thumbnails,
         heatmaps=heatmaps,

@@ -1,5 +1,5 @@
-"""``zoomldm prepare``: slides or large images → a multi-scale training store (a thin layer over
-:func:`zoomldm.data.prepare.prepare_dataset`)."""
+"""``zoomldm prepare``: slides or large images → a multi-scale training store (option parsing and printing
+around :func:`zoomldm.prepare`, i.e. :func:`zoomldm.data.prepare.prepare`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_CHECKPOINT = {"pathology": "brca", "satellite": "naip"}
+#: exit status of ``prepare`` and ``features`` when the run finished but some slides failed (documented in
+#: their --help, docs/data.md and docs/mil.md); 2 stays "bad options or inputs, nothing done"
+EXIT_SOME_FAILED = 3
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +25,10 @@ def prepare(
     ),
     levels: str = typer.Option(None, "--levels", help="levels to make: '0-3', '20x,5x,1.25x' (default: all)"),
     encoder: str = typer.Option(
-        None, "--encoder", help="uni, dinov2_vitl14_reg or timm:<name> (default by domain)"
+        None,
+        "--encoder",
+        help="uni, dinov2_vitl14_reg or timm:<name> (default: the domain's; with --config and no "
+        "--checkpoint: a random timm ViT of the model's SSL width)",
     ),
     encoder_weights: str = typer.Option(
         None, "--encoder-weights", help="local weights file, or 'random' (tests)"
@@ -41,8 +46,8 @@ def prepare(
         None,
         "--config",
         "-c",
-        help="preset or yaml for an official --checkpoint; "
-        "without --checkpoint: random weights of that architecture (tests only)",
+        help="preset or yaml for an official --checkpoint; without --checkpoint: random weights of that "
+        "architecture and (without --encoder) a random encoder of its SSL width (tests and demos)",
     ),
     slides_csv: Path = typer.Option(
         None, "--slides", help="CSV with columns path[, id][, mpp] instead of a folder scan"
@@ -69,7 +74,6 @@ def prepare(
         "float32", "--dtype", help="autocast dtype of both encoders: float32, bfloat16, float16"
     ),
     seed: int = typer.Option(0, "--seed", help="seed of random weights (--config without --checkpoint)"),
-    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when any slide failed"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Prepare a multi-scale dataset: latents + unpooled SSL grids per magnification, resumable, in parallel.
@@ -77,58 +81,44 @@ def prepare(
     Rerun the same command to resume after a crash. To shard the slides over GPUs or nodes, run it under
     `torchrun --no-python ... zoomldm prepare ...` or `accelerate launch --no_python zoomldm prepare ...`;
     the store must then be on shared storage.
+
+    Exit status: 0 all slides done; 2 bad options or inputs (nothing done); 3 finished, but some slides
+    failed (each is named with its reason, also in STORE.prepare.json; rerun to retry only those).
     """
-    import torch
+    from ..data.prepare import prepare as run_prepare
+    from ..data.prepare import settings_path
 
-    from ..data.encoders import DOMAIN_ENCODERS, build_encoder
-    from ..data.prepare import PrepareSettings, find_slides, prepare_dataset, settings_path
-    from ..errors import ZoomLDMError
-    from .core import resolve_rank_device
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prefix = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
 
-    if domain not in DOMAIN_ENCODERS:
-        raise ZoomLDMError(f"unknown domain {domain!r}; expected pathology or satellite")
-    autocast = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
-    if dtype not in autocast:
-        raise ZoomLDMError(f"unknown dtype {dtype!r}; expected one of {', '.join(autocast)}")
-    settings = PrepareSettings(
+    def log(line: str) -> None:
+        typer.echo(prefix + line, err=line.startswith("note:"))  # notes to stderr, slide lines to stdout
+
+    report = run_prepare(
+        slides_dir,
+        store,
         domain=domain,
         levels=_parse_levels(levels),
+        encoder=encoder,
+        encoder_weights=encoder_weights,
+        encoder_options=dict(parse_option(o) for o in encoder_option or []),
+        checkpoint=checkpoint,
+        config=config,
+        slides_csv=slides_csv,
+        mpp=mpp,
         base_mpp=base_mpp,
         tissue_threshold=_parse_thresholds(tissue_threshold),
         resampling=resampling,
         save_jpeg=save_jpeg,
         jpeg_quality=jpeg_quality,
-        batch_size=batch_size,
         workers=workers,
-        mpp=mpp,
-        vae_dtype=autocast[dtype],
-    )
-    settings.validate()
-    sources = find_slides(slides_dir, slides_csv, mpp)
-    device = resolve_rank_device(device)
-
-    name = encoder or DOMAIN_ENCODERS[domain]
-    enc = build_encoder(
-        name,
-        weights=encoder_weights,
+        batch_size=batch_size,
         device=device,
-        dtype=getattr(torch, autocast[dtype]) if autocast[dtype] else None,
-        **dict(parse_option(o) for o in encoder_option or []),
-    )
-    vae, vae_info = _load_vae(checkpoint, config, domain, device, seed, enc.dim)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    prefix = f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
-    report = prepare_dataset(
-        sources,
-        store,
-        enc,
-        vae,
-        settings,
-        vae_info=vae_info,
+        dtype=dtype,
+        seed=seed,
         progress=progress,
-        log=lambda line: typer.echo(prefix + line),
+        log=log,
     )
-
     if report.rank == 0:
         typer.echo(
             f"{store}: "
@@ -136,43 +126,32 @@ def prepare(
             + f" samples from {sum(s.status in ('committed', 'done') for s in report.slides)} slides "
             f"({report.seconds:.0f} s); settings and report in {settings_path(store)}"
         )
-    for failed in report.failed:
-        typer.secho(f"failed: {failed.id} ({failed.path}): {failed.error}", fg=typer.colors.RED, err=True)
-    if report.failed:
-        typer.secho(f"{len(report.failed)} slide(s) failed; fix them and rerun to add them", err=True)
-        if strict:
-            raise typer.Exit(1)
+    exit_if_failed(report.failed, "fix or remove them and rerun the same command: only they are retried")
 
 
-def _load_vae(checkpoint: str | None, config: str | None, domain: str, device: str, seed: int, ssl_dim: int):
-    """The VQ autoencoder from a checkpoint (via the pipeline) or random weights of a config."""
-    from ..pipeline import ZoomLDMPipeline
-
-    if checkpoint is None and config is not None:
-        typer.secho(f"VQ autoencoder: random weights of config {config!r} (for tests only)", err=True)
-        pipe = ZoomLDMPipeline.from_config(config, seed=seed)
-    else:
-        pipe = ZoomLDMPipeline.from_pretrained(checkpoint or DEFAULT_CHECKPOINT[domain], config=config)
-    if pipe.config.ssl_channels != ssl_dim:
-        typer.secho(
-            f"note: the encoder gives {ssl_dim}-d embeddings; this checkpoint's summarizer expects "
-            f"{pipe.config.ssl_channels} (fine for training a new model, not for fine-tuning it)",
-            err=True,
-        )
-    return pipe.vae.to(device).eval(), {
-        "source": checkpoint or f"random ({config}, seed {seed})",
-        **pipe.provenance,
-    }
+def exit_if_failed(failed: list, advice: str) -> None:
+    """Name each failed slide with its reason, then exit with :data:`EXIT_SOME_FAILED` (when any)."""
+    for slide in failed:
+        typer.secho(f"failed: {slide.id} ({slide.path}): {slide.error}", fg=typer.colors.RED, err=True)
+    if failed:
+        typer.secho(f"{len(failed)} slide(s) failed; {advice}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _parse_levels(text: str | None) -> tuple[str | int, ...] | None:
     if not text:
         return None
+
+    # a level index is 1-2 ASCII digits: int() refuses "²" (which isdigit() accepts), and "0-99999999999"
+    # would build a huge range; anything else stays a name for settings.validate() to refuse
+    def index(p: str) -> bool:
+        return p.isascii() and p.isdigit() and len(p) <= 2
+
     if "-" in text and "," not in text:
-        lo, hi = text.split("-", 1)
-        if lo.strip().isdigit() and hi.strip().isdigit():
+        lo, hi = (p.strip() for p in text.split("-", 1))
+        if index(lo) and index(hi):
             return tuple(range(int(lo), int(hi) + 1))
-    return tuple(int(p) if p.strip().isdigit() else p.strip() for p in text.split(",") if p.strip())
+    return tuple(int(p.strip()) if index(p.strip()) else p.strip() for p in text.split(",") if p.strip())
 
 
 def _parse_thresholds(text: str | None) -> float | tuple[float, ...] | None:
@@ -184,6 +163,8 @@ def _parse_thresholds(text: str | None) -> float | tuple[float, ...] | None:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise ZoomLDMError(f"--tissue-threshold expects numbers in [0, 1], got {text!r}") from None
+    if not all(0 <= v <= 1 for v in values):  # also refuses NaN (every comparison with NaN is false)
+        raise ZoomLDMError(f"--tissue-threshold expects numbers in [0, 1], got {text!r}")
     return values[0] if len(values) == 1 else values
 
 

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ZoomLDMError
+from ..errors import InputError, ZoomLDMError
+from ..tensorfiles import check_input_file, check_weights_file, count_nonfinite, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -156,7 +157,15 @@ class SSLEncoder:
             out.append(feats.float().cpu())
         if not out:
             return torch.zeros(0, self.dim)
-        return torch.cat(out)
+        feats = torch.cat(out)
+        bad = count_nonfinite(feats)
+        if bad:  # NaN embeddings would condition (or be stored) silently: refuse them, counted
+            rows = int((~torch.isfinite(feats)).any(dim=1).sum())
+            raise InputError(
+                f"encoder {self.name} ({self.weights}) gave {bad} non-finite values (NaN/inf) in {rows} of "
+                f"{len(feats)} tile embeddings; check the encoder weights, or run it in float32"
+            )
+        return feats
 
 
 def available_encoders() -> list[str]:
@@ -227,15 +236,16 @@ def _create(
     if weights == "random":
         return create(timm_name, pretrained=False, **kwargs), "random (not pretrained)"
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise ZoomLDMError(f"encoder weights not found: {path}")
+        path = check_input_file(weights, "encoder weights", InputError)
         # timm's own loader: reads .bin/.pth/.safetensors, applies the architecture's checkpoint filter
         # (e.g. Meta's original DINOv2 layout → timm) and loads strictly.
         try:
             model = create(timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-        except RuntimeError as err:
-            raise ZoomLDMError(f"{path.name} does not fit {timm_name}: {str(err).splitlines()[0]}") from None
+        except Exception as err:  # a damaged file (any library's error) or weights of another model
+            # a damaged / foreign / code-carrying file gets its own one-line reason (tensorfiles);
+            # an intact file that timm refuses does not fit the architecture
+            check_weights_file(path, InputError)
+            raise InputError(f"{path} does not fit {timm_name}: {first_line(err)}") from err
         return model, f"file {path.name}"
     hub_name = spec.hub_name if spec is not None else timm_name
     try:

@@ -18,6 +18,7 @@ import torch
 import zarr
 from PIL import Image
 
+from ..errors import InputError, ZoomLDMError
 from ..scales import Magnification
 from .encoders import SSLEncoder
 from .readers import level0_resolution, open_image
@@ -157,10 +158,70 @@ def _reads(
     """Batches of (block coordinates, uint8 images [B, 256, 256, 3])."""
     for start in range(0, len(blocks), settings.batch_size):
         batch = blocks[start : start + settings.batch_size]
-        images = np.stack(
-            [read_region(reader, grid, r, c, span, TILE, settings.resampling) for r, c in batch]
-        )
+        images = np.stack([read_tile(reader, grid, r, c, span, TILE, settings.resampling) for r, c in batch])
         yield batch, images
+
+
+def read_tile(
+    reader: Any, grid: Any, row: int, col: int, span: int, out: int = TILE, resampling: str = "lanczos"
+) -> np.ndarray:
+    """:func:`~.tiling.read_region`, with a failure of the image library (a truncated file's missing
+    tile, damaged compressed data) raised as :class:`InputError` naming the pyramid level and position."""
+    try:
+        return read_region(reader, grid, row, col, span, out, resampling)
+    except ZoomLDMError:
+        raise
+    except Exception as err:  # each image library raises its own types for damaged data
+        x, y, size = grid.level0_box(row, col, span)
+        try:
+            level = reader.best_level(size / out)
+        except Exception:  # the reader itself is broken: report the position only
+            level = "?"
+        raise InputError(
+            f"{reader.name}: unreadable tile at pyramid level {level} (level-0 x {int(x)}, y {int(y)}): "
+            f"{_reason(err)}; the file is truncated or damaged (copy or export it again)"
+        ) from err
+
+
+#: substrings of image-library messages → what they mean for the user
+_REASONS = (
+    (("empty input file", "premature end", "truncat", "unexpected end", "eof"), "the data ends early"),
+    (("invalid page offset", "invalid offset", "out of range"), "an offset points past the end of the file"),
+    (
+        ("corrupt", "damaged", "bad huffman", "invalid jpeg", "not a jpeg", "decode"),
+        "damaged compressed data",
+    ),
+)
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().lower()
+    for needles, reason in _REASONS:
+        if any(n in text for n in needles):
+            return reason
+    if isinstance(err, MemoryError):
+        return "out of memory"
+    return f"the image library could not decode it ({str(err).strip() or 'no details'})"
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line saying why a slide failed, for the console and the JSON report: a
+    :class:`~zoomldm.errors.ZoomLDMError`'s own message; for anything else a human reason (a truncated
+    file, damaged data, out of memory) rather than an exception class name."""
+    if isinstance(err, ZoomLDMError):
+        return str(err)
+    if isinstance(err, MemoryError):
+        return "out of memory while processing the slide (use a smaller --batch-size or fewer --workers)"
+    if isinstance(err, FileNotFoundError):
+        return f"file not found: {err.filename or err}"
+    library = type(err).__module__.split(".")[0]
+    if library in _IMAGE_LIBRARIES or isinstance(err, (EOFError, OSError)):
+        return f"cannot read the image data: {_reason(err)}; the file is truncated or damaged (copy or export it again)"
+    return f"unexpected error ({type(err).__name__}: {err}); this is likely a bug, please report it"
+
+
+#: the modules whose exceptions mean "this file's data cannot be decoded"
+_IMAGE_LIBRARIES = {"imagecodecs", "tifffile", "tiffslide", "openslide", "PIL", "zlib", "struct"}
 
 
 def _write_samples(

@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from .workers import ProgressBars, run_slides
 
 __all__ = [
     "PrepareReport",
+    "prepare",
     "PrepareSettings",
     "SlideReport",
     "SlideSource",
@@ -176,6 +177,153 @@ class PrepareReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# -- the whole command ---------------------------------------------------------------------------------
+def prepare(
+    slides: str | Path | Sequence[SlideSource],
+    store: str | Path,
+    *,
+    domain: str = "pathology",
+    levels: Sequence[str | int] | None = None,
+    encoder: str | SSLEncoder | None = None,
+    encoder_weights: str | Path | None = None,
+    encoder_options: Mapping[str, Any] | None = None,
+    checkpoint: str | Path | Any | None = None,
+    config: str | Path | None = None,
+    slides_csv: str | Path | None = None,
+    mpp: float | None = None,
+    base_mpp: float | None = None,
+    tissue_threshold: float | Sequence[float] | None = None,
+    resampling: str = "lanczos",
+    save_jpeg: bool = False,
+    jpeg_quality: int = 90,
+    workers: int = 1,
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: str = "float32",
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> PrepareReport:
+    """``zoomldm prepare`` as one call: load the models, then :func:`prepare_dataset` (create or resume
+    the multi-scale store of ``slides``).
+
+    Args:
+        slides: a folder of slides (searched recursively), or a list of :class:`SlideSource`.
+        store: output zarr store: a path or an fsspec URL.
+        domain: ``pathology`` (8 levels, 20x = 0.5 µm/px) or ``satellite`` (4 levels).
+        levels: the magnifications to make (names or indices; default: all of the domain).
+        encoder: an :class:`~.encoders.SSLEncoder`, a name (``uni``, ``dinov2_vitl14_reg``,
+            ``timm:<name>``) or None: the domain's encoder, or with random model weights a random encoder
+            of the model's SSL width (see :mod:`.loading`).
+        encoder_weights: a local weights file for ``encoder``, or ``"random"``.
+        encoder_options: timm keyword arguments of ``encoder`` (e.g. ``{"embed_dim": 64}``).
+        checkpoint: the VQ source: a :class:`~zoomldm.pipeline.ZoomLDMPipeline`, a diffusers ``VQModel``,
+            our model dir, an official ``.ckpt`` or a hub id; None: the published brca / naip weights, or
+            with ``config`` random weights of that architecture (tests and demos).
+        config: preset or yaml: the architecture of an official checkpoint, or of random weights.
+        slides_csv: a CSV with columns ``path[, id][, mpp]`` instead of a folder scan of ``slides``.
+        mpp: level-0 resolution (µm/px; satellite m/px) for files without it.
+        base_mpp: base resolution (default 0.5 µm/px; satellite: native).
+        tissue_threshold: minimum tissue / valid-data fraction of a region: one value or one per level.
+        resampling: the antialiased filter (``lanczos``, ``box``, ``bicubic``, …).
+        save_jpeg, jpeg_quality: also store each 256² sample as JPEG.
+        workers: slides processed in parallel by worker processes.
+        batch_size: tiles per encoder / VQ batch.
+        device: ``auto``, ``cpu``, ``cuda`` (each rank uses ``cuda:LOCAL_RANK``).
+        dtype: autocast dtype of both encoders: ``float32``, ``bfloat16``, ``float16``.
+        seed: seed of random weights.
+        progress: show progress bars.
+        log: receives notes and one line per finished slide.
+
+    Returns:
+        The :class:`PrepareReport`. Slides that fail are listed in it (with a human reason) and in
+        ``<store>.prepare.json``; they do not raise, and a rerun retries only them.
+
+    Raises:
+        ZoomLDMError: bad options, no slides, unloadable models, a store made with other settings.
+    """
+    from .loading import (
+        DEFAULT_CHECKPOINT,
+        autocast_dtype,
+        is_random,
+        load_encoder,
+        load_pipeline,
+        resolve_device,
+    )
+
+    if domain not in DEFAULT_THRESHOLD:
+        raise ZoomLDMError(f"--domain: unknown domain {domain!r}; expected pathology or satellite")
+    autocast = autocast_dtype(dtype)
+    settings = PrepareSettings(
+        domain=domain,
+        levels=(levels,) if isinstance(levels, (str, int)) else tuple(levels) if levels is not None else None,
+        base_mpp=base_mpp,
+        tissue_threshold=tuple(tissue_threshold)
+        if isinstance(tissue_threshold, Sequence) and not isinstance(tissue_threshold, str)
+        else tissue_threshold,
+        resampling=resampling,
+        save_jpeg=save_jpeg,
+        jpeg_quality=jpeg_quality,
+        batch_size=batch_size,
+        workers=workers,
+        mpp=mpp,
+        vae_dtype=dtype if autocast is not None else None,
+    )
+    settings.validate()
+    if isinstance(slides, (str, Path)):
+        sources = find_slides(slides, slides_csv, mpp)
+    else:
+        sources = list(slides)
+    device = resolve_device(device)
+
+    random_model = is_random(checkpoint, config)
+    if isinstance(checkpoint, torch.nn.Module):  # a VQ autoencoder given directly
+        vae, model_info, ssl_channels = checkpoint, {"source": type(checkpoint).__name__}, None
+    else:
+        pipe = load_pipeline(checkpoint, config, domain=domain, seed=seed, device="cpu", log=log)
+        vae, ssl_channels = pipe.vae, pipe.config.ssl_channels
+        if random_model:
+            source = f"random ({config}, seed {seed})"
+        else:
+            source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else None
+            source = source or str(pipe.provenance.get("checkpoint", DEFAULT_CHECKPOINT[domain]))
+        model_info = {"source": source, **pipe.provenance}
+        if pipe.config.domain != domain:
+            raise ZoomLDMError(
+                f"--domain {domain}: the model is a {pipe.config.domain} model; use --domain "
+                f"{pipe.config.domain} or a {domain} checkpoint / config"
+            )
+    enc = load_encoder(
+        encoder,
+        domain=domain,
+        ssl_channels=ssl_channels,
+        random_model=random_model,
+        weights=encoder_weights,
+        options=encoder_options,
+        device=device,
+        dtype=autocast,
+        seed=seed,
+        log=log,
+    )
+    if ssl_channels is not None and enc.dim != ssl_channels and log is not None:
+        name = str(config or checkpoint or DEFAULT_CHECKPOINT[domain])
+        log(
+            f"note: the encoder gives {enc.dim}-d embeddings but the Summarizer of {name} takes "
+            f"{ssl_channels}: this store cannot train or fine-tune that model, only a model whose config "
+            f"has Summarizer input_channels {enc.dim}"
+        )
+    return prepare_dataset(
+        sources,
+        store,
+        enc,
+        vae.to(device).eval(),
+        settings,
+        vae_info=model_info,
+        progress=progress,
+        log=log,
+    )
 
 
 # -- model identity -----------------------------------------------------------------------------------

@@ -19,8 +19,11 @@ from the metadata — ``openslide.mpp-x``, ``openslide.mirax.MPP``, ``aperio.MPP
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +31,9 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from ..errors import ZoomLDMError
+from ..errors import InputError, ZoomLDMError
+from ..io.images import decode_error_reason
+from ..tensorfiles import check_input_file, first_line
 
 #: Filters accepted for resizing (all of PIL's resize filters are antialiased when downsampling).
 RESAMPLING = {
@@ -125,9 +130,17 @@ class SlideReader:
         lw, lh = max(1, int(round(width / ds))), max(1, int(round(height / ds)))
         if lx < 0 or ly < 0 or lx >= lw_max or ly >= lh_max:
             raise ZoomLDMError(f"{self.name}: region ({x}, {y}, {width}, {height}) lies outside the image")
-        pixels = self._read_level(
-            level, int(round(lx * ds)), int(round(ly * ds)), min(lw, lw_max - lx), min(lh, lh_max - ly)
-        )
+        x0, y0 = int(round(lx * ds)), int(round(ly * ds))
+        try:
+            with _quiet_tifffile():
+                pixels = self._read_level(level, x0, y0, min(lw, lw_max - lx), min(lh, lh_max - ly))
+        except ZoomLDMError:
+            raise
+        except Exception as err:  # OpenSlideError, imagecodecs' Jpeg8Error, ValueError, OSError, ...
+            raise InputError(
+                f"{self.path}: unreadable tile at level {level} ({x0}, {y0}) (level-0 px): "
+                f"{decode_error_reason(err)}; re-export or re-copy the file"
+            ) from err
         if pixels.shape[:2] != (lh, lw):  # a rounding pixel past the edge: pad with background (white)
             pixels = np.pad(
                 pixels, ((0, lh - pixels.shape[0]), (0, lw - pixels.shape[1]), (0, 0)), constant_values=255
@@ -406,18 +419,17 @@ def open_image(path: str | Path, mpp: float | None = None, backend: str | None =
         ZoomLDMError: the file is missing, of an unsupported type, or no backend can read it (the
             message names the file and each backend's reason).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ZoomLDMError(f"image not found: {path}")
+    path = check_input_file(path, "image", InputError)  # missing, a directory, empty
     if backend is not None and backend not in _BACKENDS:
         raise ZoomLDMError(f"unknown reader backend {backend!r}; expected one of {sorted(_BACKENDS)}")
     names = [backend] if backend else _candidates(path)
     errors = []
     for name in names:
         try:
-            reader = _BACKENDS[name](path)
+            with _quiet_tifffile():
+                reader = _BACKENDS[name](path)
         except Exception as err:  # each library raises its own types for unreadable files
-            errors.append(f"{name}: {str(err).strip() or type(err).__name__}")
+            errors.append(f"{name}: {_open_reason(err)}")
             continue
         if mpp is not None:
             if _positive(mpp) is None:
@@ -427,7 +439,45 @@ def open_image(path: str | Path, mpp: float | None = None, backend: str | None =
                 )
             reader.resolution_override = Resolution(float(mpp), "", "override")
         return reader
-    raise ZoomLDMError(f"cannot read {path.name}: " + "; ".join(errors))
+    raise InputError(f"cannot read {path}: " + "; ".join(errors) + " (damaged? re-export or re-copy it)")
+
+
+def _open_reason(err: BaseException) -> str:
+    """One line for a backend that cannot open a file: the decode reason for image-library errors
+    (truncated file, unknown image format), else the library's first line."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError | EOFError) or "truncated" in str(err).lower():
+        return decode_error_reason(err)
+    return first_line(err)
+
+
+class _WhileQuiet(logging.Filter):
+    """Drops tifffile's records in a thread inside :func:`_quiet_tifffile` (thread-local, so parallel
+    readers never change each other's logging)."""
+
+    state = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.state, "quiet", False)
+
+
+_TIFFFILE_FILTER = _WhileQuiet()
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs damaged-file warnings ("invalid page offset") to stderr; the error we raise says it in
+    one line, so they are held back while a backend opens or reads (errors still propagate)."""
+    logger = logging.getLogger("tifffile")
+    if _TIFFFILE_FILTER not in logger.filters:
+        logger.addFilter(_TIFFFILE_FILTER)
+    previous = getattr(_WhileQuiet.state, "quiet", False)
+    _WhileQuiet.state.quiet = True
+    try:
+        yield
+    finally:
+        _WhileQuiet.state.quiet = previous
 
 
 def level0_resolution(reader: SlideReader, unit: str) -> float:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
-from ..errors import ZoomLDMError
+from ..errors import InputError, ZoomLDMError
+from ..tensorfiles import check_input_file, first_line
 from .extract import SlideSource
 from .readers import SUPPORTED_EXTENSIONS
 
@@ -31,6 +33,8 @@ def find_slides(
     the rows of a CSV with a ``path`` (or ``slide``) column, optional ``id`` and ``mpp`` columns; relative
     paths are taken from ``slides_dir``."""
     root = Path(slides_dir)
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise InputError(f"--mpp {mpp} must be a positive number (µm/px or m/px)")
     if csv_path is not None:
         sources = _read_csv(Path(csv_path), root, mpp)
     else:
@@ -57,22 +61,33 @@ def _supported(path: Path) -> bool:
 
 
 def _read_csv(path: Path, root: Path, mpp: float | None) -> list[SlideSource]:
-    if not path.is_file():
-        raise ZoomLDMError(f"slide list not found: {path}")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    if not path.exists():
+        raise InputError(f"slide list not found: {path}")
+    check_input_file(path, "slide list (CSV)", InputError)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as err:  # a binary file or a damaged CSV
+        raise InputError(
+            f"{path}: not a UTF-8 CSV file ({first_line(err)}); save the slide list as CSV"
+        ) from err
     if not rows or not ({"path", "slide"} & set(rows[0])):
         raise ZoomLDMError(
             f"{path.name}: expected a header with a 'path' (or 'slide') column, optional 'id' and 'mpp'"
         )
     sources = []
     for i, row in enumerate(rows, start=2):
-        file = Path(row.get("path") or row.get("slide") or "")
+        name = (row.get("path") or row.get("slide") or "").strip()
+        if not name:
+            raise InputError(f"{path.name} line {i}: the 'path' column is empty; give the slide file")
+        file = Path(name)
         file = file if file.is_absolute() else root / file
         value = (row.get("mpp") or "").strip()
         try:
             row_mpp = float(value) if value else mpp
         except ValueError:
-            raise ZoomLDMError(f"{path.name} line {i}: mpp {value!r} is not a number") from None
+            raise InputError(f"{path.name} line {i}: mpp {value!r} is not a number") from None
+        if row_mpp is not None and not (math.isfinite(row_mpp) and row_mpp > 0):
+            raise InputError(f"{path.name} line {i}: mpp {value!r} must be a positive number (µm/px or m/px)")
         sources.append(SlideSource((row.get("id") or "").strip() or slide_id(file), str(file), row_mpp))
     return sources

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ZoomLDMError
 from .encoders import SSLEncoder
-from .extract import ExtractionSettings, SlideSource, process_slide
+from .extract import ExtractionSettings, SlideSource, describe_failure, process_slide
 from .store import fail_part, open_store
 
 
@@ -87,7 +87,7 @@ def _process_one(source, root, extraction, encoder, vae, progress, run) -> str |
         process_slide(source, root, extraction, encoder, vae, progress)
         return None
     except Exception as err:  # any slide-level failure is recorded by name; the run goes on
-        message = str(err) if isinstance(err, ZoomLDMError) else f"{type(err).__name__}: {err}"
+        message = describe_failure(err)
         fail_part(root, source.id, message, run)
         return message
 

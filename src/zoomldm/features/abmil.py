@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ZoomLDMError
+from ..fsutil import atomic_path
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,12 @@ def save_abmil(model: GatedABMIL, path: str | Path, classes: list[str], extra: d
     }
     if extra:
         metadata["extra"] = json.dumps(extra, default=str)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # also gives the umask's permissions (safetensors writes 0600)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+            str(tmp),
+            metadata=metadata,
+        )
     return path
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ZoomLDMError
+from ..errors import InputError, ZoomLDMError
 from ..fsutil import atomic_path
 
 #: file suffix of one slide's feature bag
@@ -180,6 +180,20 @@ def read_labels(path: str | Path, min_classes: int = 2) -> LabelTable:
         raise ZoomLDMError(
             f"labels CSV {path} not found; expected a CSV with columns slide_id,label[,patient_id]"
         )
+    try:
+        return _read_labels(path, min_classes)
+    except UnicodeDecodeError as err:  # random bytes, a binary file given as the labels
+        raise InputError(
+            f"{path}: not a UTF-8 text CSV (undecodable byte at position {err.start}); expected columns "
+            "slide_id,label[,patient_id]"
+        ) from None
+    except csv.Error as err:
+        raise InputError(
+            f"{path}: malformed CSV ({err}); expected columns slide_id,label[,patient_id]"
+        ) from None
+
+
+def _read_labels(path: Path, min_classes: int) -> LabelTable:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]

@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ZoomLDMError
+from ..errors import OutputError, ZoomLDMError
 from ..scales import PATHOLOGY_BASE_MPP, Magnification
 from .bags import BAG_SUFFIX, write_bag
 
@@ -122,9 +122,10 @@ def extract_slide(
     progress: ProgressFn | None = None,
 ) -> SlideFeatures:
     """Features of every tissue tile of one slide (see the module docstring for the steps)."""
-    from ..data.extract import prefetch  # overlaps slide reading with the models (shared with prepare)
+    from ..data.extract import prefetch
+    from ..data.extract import read_tile as read_checked  # shared with prepare: overlapped reads, read errors
     from ..data.readers import level0_resolution, open_image
-    from ..data.tiling import TILE, base_grid, plan_slide, read_region
+    from ..data.tiling import TILE, base_grid, plan_slide
     from .unet_features import UNetFeatureExtractor
 
     check_settings(settings, pipe, encoder)
@@ -167,13 +168,13 @@ def extract_slide(
             r, c = rc
             if c * side0 >= w0 or r * side0 >= h0:
                 return white[0]
-            return read_region(reader, grid, r, c, 1, TILE, settings.resampling)
+            return read_checked(reader, grid, r, c, 1, TILE, settings.resampling)
 
         def read_block(rc: tuple[int, int], span: int) -> np.ndarray:
             if span == 1:
                 return read_tile(rc)
             # the top-left tile is inside the slide (the region contains a tile); the reader pads the rest white
-            return read_region(reader, grid, *rc, span, TILE, settings.resampling)
+            return read_checked(reader, grid, *rc, span, TILE, settings.resampling)
 
         def batches(items: list, read: Callable) -> Iterator[tuple[list, np.ndarray]]:
             for start in range(0, len(items), settings.batch_size):
@@ -257,7 +258,9 @@ def check_settings(settings: FeatureSettings, pipe: Any, encoder: Any) -> None:
     if settings.batch_size < 1 or settings.workers < 1:
         raise ZoomLDMError("--batch-size and --workers must be at least 1")
     if not 0 <= settings.threshold(pipe.config.domain) <= 1:
-        raise ZoomLDMError(f"the tissue threshold is a fraction in [0, 1], got {settings.tissue_threshold}")
+        raise ZoomLDMError(
+            f"--tissue-threshold: expected a fraction in [0, 1], got {settings.tissue_threshold}"
+        )
     if encoder.dim != pipe.config.ssl_channels:
         raise ZoomLDMError(
             f"the SSL encoder gives {encoder.dim}-d embeddings; the model expects {pipe.config.ssl_channels}"
@@ -346,25 +349,93 @@ class FeaturesReport:
 def extract_features(
     slides: str | Path | Sequence[Any],
     out_dir: str | Path,
-    pipe: Any,
-    encoder: Any,
+    pipe: Any = None,
+    encoder: Any = None,
     settings: FeatureSettings = FeatureSettings(),
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    *,
+    config: str | Path | None = None,
+    live: bool = False,
+    encoder_weights: str | Path | None = None,
+    encoder_options: Mapping[str, Any] | None = None,
+    slides_csv: str | Path | None = None,
+    mpp: float | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    optimize: bool | None = None,
+    compile: str | None = None,
 ) -> FeaturesReport:
-    """Write ``<slide>.h5`` for every slide (a folder, or ``SlideSource`` list from ``data.prepare``).
+    """``zoomldm features`` as one call: write ``<slide>.h5`` for every slide.
 
-    Resumable: slides with a file are skipped. Failed slides are reported, they do not raise.
+    Resumable: slides with a file are skipped, so a rerun retries only the failed ones. Failed slides are
+    reported (with a human reason, also in ``report_rank<r>.json``), they do not raise.
+
+    Args:
+        slides: a folder (searched recursively), or a ``SlideSource`` list from ``data.prepare``.
+        out_dir: the output folder (``features.json`` records the settings; other settings are refused).
+        pipe: a :class:`~zoomldm.pipeline.ZoomLDMPipeline`, a checkpoint (our model dir, an official
+            ``.ckpt``, a hub id, ``brca`` / ``naip``), or None: with ``config`` random weights of that
+            architecture (tests and demos, seeded by ``settings.seed``; as ``zoomldm prepare``), else ``brca``.
+        encoder: an :class:`~zoomldm.data.encoders.SSLEncoder`, a name, or None: the domain's encoder (with
+            random model weights: a random encoder of the model's SSL width, as ``prepare``).
+        settings: magnifications, timestep, blocks, fusion, seed, batch size, threshold, workers.
+        rank, world_size: this process's shard (default: ``RANK`` / ``WORLD_SIZE``, else 0 / 1).
+        progress: show progress bars.
+        log: receives notes and one line per finished slide.
+        config: preset or yaml: the architecture of an official checkpoint, or of random weights.
+        live: the live UNet weights instead of the EMA ones.
+        encoder_weights, encoder_options: a local weights file (or ``"random"``) and timm keyword
+            arguments for an encoder given by name.
+        slides_csv: a CSV with columns ``path[, id][, mpp]`` instead of a folder scan of ``slides``.
+        mpp: level-0 resolution for files without it.
+        device: ``auto``, ``cpu``, ``cuda`` (each rank uses ``cuda:LOCAL_RANK``).
+        dtype: UNet / Summarizer dtype of a loaded model: ``float32``, ``bfloat16``, ``float16``.
+        optimize, compile: inference speed-ups of a loaded model (default: on CUDA), as ``generate``.
+
+    Raises:
+        ZoomLDMError: bad settings, no slides, unloadable models, an OUT made with other settings.
     """
-    from ..data.prepare import find_slides, rank_and_world
+    from ..data.loading import is_random, load_encoder, load_pipeline
+    from ..data.slides import find_slides as find_sources
+    from ..pipeline import ZoomLDMPipeline
+
+    if isinstance(slides, (str, Path)):  # before loading any model: a wrong folder fails fast
+        slides = find_sources(slides, slides_csv, mpp)
+    if not isinstance(pipe, ZoomLDMPipeline) or not _is_encoder(encoder):
+        from ..data.loading import resolve_device
+
+        device = resolve_device(device)
+        random_model = is_random(pipe, config)
+        if not isinstance(pipe, ZoomLDMPipeline):
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ZoomLDMError(f"--dtype: unknown dtype {dtype!r}; expected float32, bfloat16 or float16")
+            pipe = load_pipeline(
+                pipe, config, seed=settings.seed, ema=not live, device=device, dtype=dtype, log=log
+            )
+            from ..devices import apply_speed_settings  # the one place of the speed flags' rules
+
+            apply_speed_settings(pipe, optimize, compile)
+        encoder = load_encoder(
+            encoder,
+            domain=pipe.config.domain,
+            ssl_channels=pipe.config.ssl_channels,
+            random_model=random_model,
+            weights=encoder_weights,
+            options=encoder_options,
+            device=str(pipe.device),
+            seed=settings.seed,
+            log=log,
+        )
+    from ..data.prepare import rank_and_world
     from ..progress import make_progress, progress_enabled
 
     start = time.time()
     domain = pipe.config.domain
     check_settings(settings, pipe, encoder)
-    sources = find_slides(slides) if isinstance(slides, (str, Path)) else list(slides)
+    sources = list(slides)
     rank, world = rank_and_world(rank, world_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -423,13 +494,35 @@ def _record_settings(out: Path, settings: FeatureSettings, domain: str, pipe: An
     path = out / SETTINGS_FILE
     if path.exists():
         previous = json.loads(path.read_text())
-        diffs = [k for k in record if previous.get(k) != record[k]]
+        diffs = [
+            f"{name}: {old!r} → {new!r}"
+            for key in record
+            for name, old, new in _differences(previous.get(key), record[key], f"{key}.")
+        ]
         if diffs:
-            raise ZoomLDMError(
-                f"{out} holds features made with other {', '.join(diffs)} (see {SETTINGS_FILE}); use a new OUT"
+            raise OutputError(
+                f"{out} holds features made with other settings ({'; '.join(diffs)}; see {SETTINGS_FILE}); "
+                "give another OUT folder, or the same settings to resume"
             )
         return
     _write_json(path, {**record, "settings": asdict(settings), "zoomldm_version": _version()})
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for k in sorted(set(old) | set(new))
+            for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _is_encoder(encoder: Any) -> bool:
+    from ..data.encoders import SSLEncoder
+
+    return isinstance(encoder, SSLEncoder)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -449,7 +542,9 @@ def _extract_one(
         write_bag(out / f"{source.id}{BAG_SUFFIX}", result.features, result.coords, result.attrs)
         return len(result.features), ""
     except Exception as err:  # any slide-level failure is reported by name; the run goes on
-        return 0, str(err) if isinstance(err, ZoomLDMError) else f"{type(err).__name__}: {err}"
+        from ..data.extract import describe_failure
+
+        return 0, describe_failure(err)
 
 
 def _run(todo, out, pipe, encoder, settings, tick) -> Iterator[tuple[Any, tuple[int, str]]]:

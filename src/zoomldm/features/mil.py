@@ -62,8 +62,17 @@ class MILConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.patience < 1 or self.min_epochs < 0:
             raise ZoomLDMError("--epochs and --patience must be at least 1 and --min-epochs at least 0")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
-            raise ZoomLDMError("need lr > 0, weight decay >= 0 and 0 <= dropout < 1")
+        for option, value, ok in (
+            ("--lr", self.lr, self.lr > 0),
+            ("--weight-decay", self.weight_decay, self.weight_decay >= 0),
+            ("--dropout", self.dropout, 0 <= self.dropout < 1),
+            ("--val-fraction", self.val_fraction, 0 < self.val_fraction < 0.5),
+        ):
+            if not (math.isfinite(value) and ok):  # NaN fails every comparison: say so, not torch
+                wanted = {"--lr": "> 0", "--weight-decay": ">= 0", "--dropout": "in [0, 1)"}.get(
+                    option, "in (0, 0.5)"
+                )
+                raise ZoomLDMError(f"{option}: expected a finite number {wanted}, got {value}")
         if self.max_tiles is not None and self.max_tiles < 1:
             raise ZoomLDMError(f"--max-tiles must be at least 1, got {self.max_tiles}")
 
@@ -343,8 +352,7 @@ def cross_validate(
     table = _load_labels(labels)
     bags = FeatureBags(features_dir, table.slide_ids, skip_missing=skip_missing)
     table = table.subset(list(bags))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # created only once the splits are known: a refused run leaves no empty folder
     thumbs = Path(thumbnails) if thumbnails is not None else None
 
     # 2. splits: reused, resumed or new
@@ -385,6 +393,7 @@ def cross_validate(
         "missing_slides": list(bags.missing),
         "version": _version(),
     }
+    out.mkdir(parents=True, exist_ok=True)
     tmp = config_path.with_name(".config.json.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str))
     tmp.replace(config_path)
@@ -442,6 +451,85 @@ def cross_validate(
     table_rows += [["mean", *(mean[m] for m in metrics)], ["std", *(std[m] for m in metrics)]]
     _write_table(out / "summary.csv", SUMMARY_COLUMNS, table_rows)
     return CVResult(rows, mean, std, classes, out, list(bags.missing), resumed)
+
+
+def train_mil(
+    features_dir: str | Path,
+    labels: str | Path | LabelTable,
+    out_dir: str | Path,
+    *,
+    folds: int = 5,
+    epochs: int = 100,
+    patience: int = 10,
+    min_epochs: int = 0,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-5,
+    dropout: float = 0.25,
+    max_tiles: int | None = None,
+    val_fraction: float = 0.2,
+    balance: bool = True,
+    seed: int = 0,
+    config: MILConfig | None = None,
+    splits_from: str | Path | None = None,
+    thumbnails: str | Path | None = None,
+    heatmaps: bool = True,
+    skip_missing: bool = False,
+    device: str = "cpu",
+    progress: bool = False,
+) -> CVResult:
+    """``zoomldm mil train`` as one call: k-fold cross-validated gated ABMIL (:func:`cross_validate`).
+
+    Args:
+        features_dir: folder of ``<slide_id>.h5`` feature files (``zoomldm features``, TRIDENT, CLAM).
+        labels: CSV with columns ``slide_id,label[,patient_id]`` (or a :class:`LabelTable`).
+        out_dir: output folder (splits, fold models, predictions, ``summary.csv``, heatmaps); created only
+            when the run can start, and a rerun with the same settings resumes finished folds.
+        folds: cross-validation folds (slide level, grouped by patient when given).
+        epochs, patience, min_epochs: the most epochs per fold; early stopping after ``patience`` epochs
+            without a lower validation loss, not before ``min_epochs``.
+        lr, weight_decay, dropout: Adam and ABMIL settings.
+        max_tiles: subsample this many tiles per bag while training (None: all).
+        val_fraction: part of each training fold held out for early stopping (in small cohorts the
+            inner split uses a larger part, keeping one slide of every class for validation).
+        balance: weight the loss by inverse class frequency.
+        seed: seed of the splits, initialisation, shuffling and subsampling.
+        config: a whole :class:`MILConfig` instead of the settings above.
+        splits_from: a folder of ``splits_{k}.csv`` to reuse instead of new splits.
+        thumbnails: folder of ``<slide_id>.png/.jpg`` to draw heatmaps on.
+        heatmaps: write attention heatmaps of the test slides.
+        skip_missing: drop labelled slides without a feature file (listed in the result).
+        device: torch device.
+        progress: show progress bars.
+
+    Returns:
+        The :class:`CVResult` (per-fold metrics, mean and std).
+    """
+    if config is None:
+        config = MILConfig(
+            folds=folds,
+            epochs=epochs,
+            patience=patience,
+            min_epochs=min_epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            dropout=dropout,
+            max_tiles=max_tiles,
+            val_fraction=val_fraction,
+            balance_classes=balance,
+            seed=seed,
+        )
+    return cross_validate(
+        features_dir,
+        labels,
+        out_dir,
+        config,
+        splits_from=splits_from,
+        thumbnails=thumbnails,
+        heatmaps=heatmaps,
+        skip_missing=skip_missing,
+        device=device,
+        progress=progress,
+    )
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -3,7 +3,8 @@
 Test folds come from scikit-learn's ``StratifiedGroupKFold`` (when the labels have a patient column: the
 slides of one patient never straddle train and test, MIL_BASELINE#46) or ``StratifiedKFold``. Inside each
 training fold the same splitter with ``round(1 / val_fraction)`` folds carves out the validation slides
-used for early stopping, again grouped by patient.
+used for early stopping, again grouped by patient; in small cohorts it uses fewer inner folds (at most
+the rarest class's count in that training fold), so that validation keeps at least one slide per class.
 
 Each split is written as ``splits_{k}.csv`` with the columns ``train,val,test`` (CLAM's layout), one slide
 id per cell, shorter columns padded with empty cells.
@@ -61,7 +62,7 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2, s
     if rare:
         what = "patients" if grouped else "slides"
         raise ZoomLDMError(f"classes {rare} have fewer {what} than --folds {folds}; use fewer folds")
-    inner_folds = max(2, round(1.0 / val_fraction))
+    wanted_inner = max(2, round(1.0 / val_fraction))
     ids = np.array(labels.slide_ids)
     splits = []
     with warnings.catch_warnings():
@@ -69,11 +70,22 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2, s
         warnings.simplefilter("ignore", UserWarning)
         outer = _splitter(folds, grouped, seed).split(ids, y, groups)
         for k, (train_idx, test_idx) in enumerate(outer):
-            inner = _splitter(inner_folds, grouped, seed + 1 + k)
-            try:
-                fit_rows, val_rows = next(inner.split(train_idx, y[train_idx], groups[train_idx]))
-            except ValueError as err:
-                raise ZoomLDMError(f"fold {k}: too few slides for a validation split ({err})") from None
+            # Small cohorts: the inner split needs every class in both its training and validation part,
+            # so it uses at most as many folds as the rarest class has slides (patients) in this training
+            # fold (a larger validation fraction: 5 training slides per class give 1/5, 3 give 1/3).
+            per_class = _units_per_class(y[train_idx], groups[train_idx] if grouped else None)
+            fewest = min(per_class.values())
+            if fewest < 2:
+                what = "patients" if grouped else "slides"
+                rare = [labels.classes[c] for c, n in per_class.items() if n < 2]
+                raise ZoomLDMError(
+                    f"fold {k}: class {rare[0]!r} has {fewest} training {what}; early stopping needs at "
+                    f"least 2 per class in each training fold (one for validation), i.e. at least "
+                    f"{_minimum_per_class(folds)} {what} per class with --folds {folds}; use fewer --folds "
+                    f"or label more {what}"
+                )
+            inner = _splitter(min(wanted_inner, fewest), grouped, seed + 1 + k)
+            fit_rows, val_rows = next(inner.split(train_idx, y[train_idx], groups[train_idx]))
             splits.append(
                 Split(
                     tuple(ids[train_idx[fit_rows]].tolist()),
@@ -82,6 +94,22 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2, s
                 )
             )
     return splits
+
+
+def _units_per_class(y: np.ndarray, groups: np.ndarray | None) -> dict[int, int]:
+    """Slides (or, grouped, distinct patients) per class."""
+    if groups is None:
+        return dict(Counter(y.tolist()))
+    return dict(Counter(dict(zip(groups.tolist(), y.tolist(), strict=True)).values()))
+
+
+def _minimum_per_class(folds: int) -> int:
+    """Slides per class so that each training fold keeps at least 2 of every class: ``n - ceil(n / folds)
+    >= 2``."""
+    n = 2
+    while n - -(-n // folds) < 2:
+        n += 1
+    return n
 
 
 def write_split(split: Split, path: str | Path) -> Path:

@@ -27,7 +27,7 @@ from ..errors import ZoomLDMError
 from ..scales import Magnification
 from ..schedule import make_scheduler
 
-_BLOCK = re.compile(r"^(mid|up(\d+))$")
+_BLOCK = re.compile(r"^(mid|up([0-9]{1,4}))$")  # ASCII digits: int() refuses others and 5000-digit numbers
 
 
 class _Captured(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ZoomLDMError
+from ..errors import InputError, ZoomLDMError
 from ..fsutil import atomic_path
 
 PROVENANCE_KEY = "zoomldm"
@@ -94,6 +94,77 @@ def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if PROVENANCE_KEY in text:
         return json.loads(text[PROVENANCE_KEY])
     return {}
+
+
+#: suffixes read with tifffile when Pillow cannot decode the file (BigTIFF, ZSTD/LZW tiles, …)
+_TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
+
+
+def decode_error_reason(err: BaseException) -> str:
+    """A human reason for an image library's decode error (Pillow, tifffile/imagecodecs, OpenSlide):
+    ``unknown image format``, ``truncated file`` or ``damaged pixel data (<the library's first line>)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..tensorfiles import first_line
+
+    text = first_line(err)
+    if isinstance(err, UnidentifiedImageError):
+        return "unknown image format (expected PNG, JPEG or TIFF)"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too many pixels for an ordinary image ({text}); crop it or store it as a tiled TIFF"
+    lowered = text.lower()
+    if "truncated" in lowered or isinstance(err, EOFError) or "premature end" in lowered:
+        return "truncated file"
+    if "empty input" in lowered:  # imagecodecs: a tile whose bytes lie past the end of the file
+        return "truncated file (a tile's data is missing)"
+    return f"damaged pixel data ({text})"
+
+
+def image_error(path: str | os.PathLike[str], err: BaseException, what: str = "image") -> InputError:
+    """The one-line :class:`InputError` for an image that cannot be decoded (chain it: ``from err``)."""
+    return InputError(f"{path}: {decode_error_reason(err)}; re-export or re-copy the {what}")
+
+
+def load_image(path: str | os.PathLike[str], what: str = "image") -> np.ndarray:
+    """Decode a PNG / JPEG / TIFF (first page) into ``uint8`` RGB ``[H, W, 3]``, fully, so that damaged
+    pixel data is found here: a missing, empty or unknown file, a directory or a decode error (truncated
+    after its header, corrupt tiles) is an :class:`InputError` of one line naming ``path``.
+
+    TIFFs that Pillow cannot decode (BigTIFF, ZSTD tiles, …) are read with tifffile.
+    """
+    from PIL import Image
+
+    from ..tensorfiles import check_input_file
+
+    path = check_input_file(path, what, InputError)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))  # convert() decodes every pixel
+    except Exception as err:  # UnidentifiedImageError, OSError("image file is truncated"), SyntaxError, …
+        if path.suffix.lower() not in _TIFF_SUFFIXES:
+            raise image_error(path, err, what) from err
+        pillow_error = err
+    try:
+        return _tifffile_rgb(path)
+    except InputError:
+        raise
+    except Exception as err:  # tifffile / imagecodecs errors (Jpeg8Error, ValueError, OSError, …)
+        raise image_error(path, err, what) from pillow_error
+
+
+def _tifffile_rgb(path: Path) -> np.ndarray:
+    import tifffile
+
+    array = np.asarray(tifffile.imread(path, key=0))  # the full-resolution page of a pyramid
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (S, Y, X)
+    if array.dtype != np.uint8:
+        raise InputError(f"{path}: expected 8-bit pixels, found {array.dtype}; convert it to 8-bit RGB")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise InputError(f"{path}: expected an RGB or grayscale image, found shape {array.shape}")
+    return np.ascontiguousarray(np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3])
 
 
 def contact_sheet(

@@ -1,13 +1,49 @@
 """Pyramidal TIFF output written band by band: generic tiled TIFF (OpenSlide/TRIDENT/CLAM) or OME-TIFF.
 
-Layout (CONVENTIONS "Large images"):
+Both layouts open as a multi-level pyramid with the physical pixel size in OpenSlide, tiffslide, tifffile
+(``series[0].levels``, ``imread(level=k)``, zarr), Pillow (first page) and QuPath/Bio-Formats. The rules
+followed, reader by reader (docs/output.md has the table):
+
+* **OpenSlide** ("generic-tiff", https://openslide.org/formats/generic-tiff/): the first image is tiled
+  and is the full resolution; further *tiled images in the main IFD chain* with the reduced-resolution
+  bit (NewSubfileType = 1) are its levels; ``openslide.mpp-x/y`` come from X/YResolution with
+  ResolutionUnit = centimetre. OpenSlide does not follow SubIFDs.
+* **OME-TIFF / Bio-Formats, QuPath** (OME-TIFF specification, "Sub-resolutions",
+  https://docs.openmicroscopy.org/ome-model/6.0.0/ome-tiff/specification.html#sub-resolutions): the
+  reduced levels of a plane are stored in the SubIFDs (tag 330) of its full-resolution IFD, largest
+  first, with NewSubfileType = 1; the UTF-8 OME-XML (ImageDescription of the first IFD) maps planes to
+  main-chain IFDs with TiffData. Bio-Formats' MinimalTiffReader (which OMETiffReader reads planes with)
+  sets main-chain IFDs with NewSubfileType = 1 apart from the planes, so extra reduced IFDs in the main
+  chain never become planes or series.
+* **QuPath, plain TIFF**: its OpenSlide image server reports the pyramid; the rule followed is the one for
+  plain pyramidal TIFF (tiled; reduced-resolution levels as subsequent IFDs with NewSubfileType = 1;
+  resolution tags in the first IFD), which also keeps Bio-Formats from taking the levels for planes.
+* **tifffile**: a JSON ImageDescription containing ``"shape":`` is read as tifffile's own "shaped" series
+  metadata (``TiffPage.shaped_description``), and the series then fails (``KeyError: 'shape'``) or takes
+  a wrong shape; OME-XML makes an OME series whose levels are the SubIFDs; anything else gives a generic
+  series whose levels are the NewSubfileType = 1 pages. So no JSON goes into ImageDescription.
+
+Layouts:
 
 * **generic tiled TIFF** (default): 256×256 tiles, JPEG or lossless (zlib/deflate) compression, the full
-  resolution first, each 2× reduced level as a further page with ``subfiletype=1`` (no subIFDs),
-  resolution tags in pixels per centimetre (``xres = 1 / (mpp·1e-4)``), ImageDescription = provenance JSON.
-  OpenSlide reads it as "generic-tiff" with ``openslide.mpp-x`` from the resolution tags.
-* **OME-TIFF** (``ome=True``): the reduced levels are subIFDs of the full-resolution page and OME-XML
-  carries ``PhysicalSizeX/Y`` in µm (QuPath, Bio-Formats); the provenance JSON is the image Description.
+  resolution first, each 2× reduced level as a further main-chain page with ``subfiletype=1``,
+  resolution tags in pixels per centimetre (``xres = 1 / (mpp·1e-4)``) on every level; the
+  ImageDescription is one line of plain text.
+* **OME-TIFF** (``ome=True``): the reduced levels are SubIFDs of the full-resolution page (OME rule) and
+  OME-XML carries ``PhysicalSizeX/Y`` in µm. For OpenSlide, each SubIFD also has a *twin* IFD in the main
+  chain (NewSubfileType = 1) whose tile offsets point at the same tile data: the pixels are stored once,
+  and each reader finds the levels where its rule says (tifffile and Bio-Formats: SubIFDs; OpenSlide:
+  the main chain). No TIFF library writes an IFD that shares another IFD's tiles, so the twins are written
+  by tifffile with empty tiles and their TileOffsets/TileByteCounts are then set to the SubIFD's with
+  tifffile's ``TiffTag.overwrite``.
+
+Provenance (settings, seed, version, mpp) is stored as JSON inside an XMP packet (TIFF tag 700, the
+standard place for application metadata; the JSON is the text of ``zoomldm:provenance``) in both layouts,
+and for OME-TIFF also as an OME ``MapAnnotation`` (namespace :data:`PROVENANCE_NAMESPACE`, one entry per
+key) that OME tools show. No reader takes either for its own metadata. (A private tag was rejected:
+unregistered numbers collide with vendor tags, e.g. 65420 marks a Hamamatsu NDPI file for OpenSlide and
+tifffile.) :func:`read_provenance` reads it back, also from files of the previous layout (JSON in the
+ImageDescription, or in the OME Image ``Description``).
 
 Memory: :class:`PyramidalTiffWriter` accepts rows in order (``write_rows``, e.g. from
 :func:`zoomldm.sampling.decode.decode_large_to`). Full-resolution tiles go to tifffile as soon as a band of
@@ -34,12 +70,110 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ZoomLDMError
+from ..errors import InputError, ZoomLDMError
 from .images import as_uint8_hwc, provenance
 
 COMPRESSIONS = {"jpeg": "jpeg", "zlib": "zlib", "deflate": "zlib", "none": None}
+#: XML namespace of the provenance in the XMP packet, and Namespace of the OME MapAnnotation
+PROVENANCE_NAMESPACE = "urn:zoomldm:provenance:1"
+#: the OME-XML 2016-06 schema (bundled, CC BY 3.0; see io/ome/README.md) to validate OME-TIFF output
+OME_XSD = Path(__file__).with_name("ome") / "ome-2016-06.xsd"
+XMP_TAG = 700  # XMLPacket (Adobe XMP specification part 3: TIFF tag 700, type BYTE)
+_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 _END = object()
 _ABORT = object()
+
+
+def _xmp_packet(record: Mapping[str, Any]) -> bytes:
+    """An XMP packet whose ``zoomldm:provenance`` property holds ``record`` as JSON (XML-escaped)."""
+    from xml.etree import ElementTree as ET
+
+    ET.register_namespace("x", "adobe:ns:meta/")
+    ET.register_namespace("rdf", _RDF)
+    ET.register_namespace("zoomldm", PROVENANCE_NAMESPACE)
+    meta = ET.Element("{adobe:ns:meta/}xmpmeta")
+    rdf = ET.SubElement(meta, f"{{{_RDF}}}RDF")
+    description = ET.SubElement(rdf, f"{{{_RDF}}}Description", {f"{{{_RDF}}}about": ""})
+    prop = ET.SubElement(description, f"{{{PROVENANCE_NAMESPACE}}}provenance")
+    prop.text = json.dumps(record, sort_keys=True, default=str)
+    body = ET.tostring(meta, encoding="unicode")
+    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>{body}<?xpacket end="r"?>'.encode()
+
+
+def _xmp_record(packet: bytes | str) -> dict[str, Any] | None:
+    """The provenance record in an XMP packet written by :func:`_xmp_packet`, or None if there is none."""
+    from xml.etree import ElementTree as ET
+
+    text = packet.decode("utf-8", "replace") if isinstance(packet, bytes) else packet
+    try:
+        node = ET.fromstring(text.strip("\x00 \n\r\t\ufeff")).find(f".//{{{PROVENANCE_NAMESPACE}}}provenance")
+        record = json.loads(node.text) if node is not None and node.text else None
+    except (ET.ParseError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The provenance record of a TIFF written by :class:`PyramidalTiffWriter`, or None if it has none.
+
+    Reads the XMP packet of the first IFD; then, for OME-TIFF, the ``MapAnnotation`` of namespace
+    :data:`PROVENANCE_NAMESPACE`; then the previous layout (JSON in the first ImageDescription, or in the
+    OME Image ``Description``). A missing file or one that is not a TIFF is an :class:`InputError`.
+    """
+    import tifffile
+
+    from ..tensorfiles import check_input_file
+
+    path = check_input_file(path, "TIFF", InputError)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            xmp = page.tags.valueof(XMP_TAG)
+            description = page.description
+            ome = tif.ome_metadata if tif.is_ome else None
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as err:
+        reason = "it holds no image" if isinstance(err, IndexError) else str(err).splitlines()[0]
+        raise InputError(f"{path}: not a readable TIFF ({reason}); pass a .tif written by zoomldm") from err
+    if xmp:
+        record = _xmp_record(xmp)
+        if record is not None:
+            return record
+    if ome:
+        return _ome_record(ome)
+    try:  # previous layout of the generic TIFF: the record as JSON in ImageDescription
+        record = json.loads(description) if description.lstrip().startswith("{") else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _ome_record(omexml: str) -> dict[str, Any] | None:
+    """Provenance from OME-XML: our MapAnnotation, else (previous layout) JSON in the Image Description."""
+    from xml.etree import ElementTree as ET
+
+    try:
+        root = ET.fromstring(omexml)
+    except ET.ParseError:
+        return None
+    for annotation in root.iter():
+        if annotation.tag.endswith("}MapAnnotation") and annotation.get("Namespace") == PROVENANCE_NAMESPACE:
+            record: dict[str, Any] = {}
+            for entry in annotation.iter():
+                if entry.tag.endswith("}M") and entry.get("K") is not None:
+                    text = entry.text or ""
+                    try:  # every value is written as JSON; text from other tools is kept as a string
+                        record[entry.get("K", "")] = json.loads(text)
+                    except ValueError:
+                        record[entry.get("K", "")] = text
+            return record
+    for node in root.iter():
+        if node.tag.endswith("}Description") and node.text and node.text.lstrip().startswith("{"):
+            try:
+                record = json.loads(node.text)
+            except ValueError:
+                continue
+            return record if isinstance(record, dict) else None
+    return None
 
 
 def level_shapes(
@@ -183,7 +317,9 @@ class PyramidalTiffWriter:
         # 2. the full-resolution page is written by tifffile in a thread, pulling bands from a short queue
         if bigtiff is None:
             bigtiff = height * width * 3 > 2**31
-        self._tif = tifffile.TiffWriter(self._tmp, bigtiff=bigtiff, ome=ome)
+        # ome=False: the OME-XML is made here with tifffile.OmeXml and written as the ImageDescription, since
+        # in OME mode tifffile would add every further main-chain page (the OpenSlide twins) as an OME Image
+        self._tif = tifffile.TiffWriter(self._tmp, bigtiff=bigtiff, ome=False)
         self._band = np.empty((tile_size, width, 3), np.uint8)
         self._band_rows = 0
         self._next_row = 0
@@ -245,7 +381,12 @@ class PyramidalTiffWriter:
                 carry = np.concatenate([reducer.push(carry), reducer.finish()])
             for level, store in enumerate(self._stores, start=1):
                 self._write_page(level, self._store_tiles(store))
+            if self.ome:  # OME: main-chain twins of the SubIFDs for OpenSlide (module docstring)
+                for level in range(1, len(self.shapes)):
+                    self._write_page(level, iter([b""] * self._tile_count(level)))
             self._tif.close()
+            if self.ome and len(self.shapes) > 1:
+                self._point_twins_at_subifds()
             os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
@@ -313,15 +454,43 @@ class PyramidalTiffWriter:
         except BaseException as err:  # handed to the main thread by _put/close
             self._error = err
 
-    def _write_page(self, level: int, tiles: Iterator[np.ndarray]) -> None:
+    def _tile_count(self, level: int) -> int:
         height, width = self.shapes[level]
+        return math.ceil(height / self.tile_size) * math.ceil(width / self.tile_size)
+
+    def _ome_xml(self) -> bytes:
+        """OME-XML (2016-06 schema) for the single RGB image, with the provenance as a MapAnnotation."""
+        import tifffile
+
+        version = self.record["zoomldm_version"]
+        omexml = tifffile.OmeXml(Creator=f"zoomldm {version}")
+        image: dict[str, Any] = {
+            "Name": self.path.name.split(".")[0],
+            "Description": f"Generated by zoomldm {version}; provenance in the MapAnnotation {PROVENANCE_NAMESPACE}",
+            # values as JSON so that they read back exactly (a string "5" stays a string)
+            "MapAnnotation": {
+                "Namespace": PROVENANCE_NAMESPACE,
+                "Value": {key: json.dumps(value, default=str) for key, value in sorted(self.record.items())},
+            },
+        }
+        if self.mpp is not None:
+            image.update(PhysicalSizeX=self.mpp, PhysicalSizeXUnit="µm")
+            image.update(PhysicalSizeY=self.mpp, PhysicalSizeYUnit="µm")
+        height, width = self.shapes[0]
+        omexml.addimage(np.uint8, (height, width, 3), (1, 1, 1, height, width, 3), axes="YXS", **image)
+        return omexml.tostring(declaration=True).encode()  # OME-XML is UTF-8 ("µm")
+
+    def _write_page(self, level: int, tiles: Iterator[np.ndarray] | Iterator[bytes]) -> None:
+        height, width = self.shapes[level]
+        version = self.record["zoomldm_version"]
         kwargs: dict[str, Any] = {
             "shape": (height, width, 3),
             "dtype": np.uint8,
             "photometric": "rgb",
             "tile": (self.tile_size, self.tile_size),
             "compression": self.compression,
-            "software": f"zoomldm {self.record['zoomldm_version']}",
+            "software": f"zoomldm {version}",
+            "metadata": None,  # never tifffile's JSON "shaped" description (module docstring)
             # tifffile's parallel encoder gathers `buffersize` bytes of tiles before encoding them (256 MiB
             # by default); one band of tiles keeps memory bounded by the band
             "buffersize": self.tile_size**2 * 3 * math.ceil(width / self.tile_size),
@@ -335,23 +504,32 @@ class PyramidalTiffWriter:
             scale_y, scale_x = self.height / height, self.width / width
             kwargs["resolution"] = (1e4 / (self.mpp * scale_x), 1e4 / (self.mpp * scale_y))
             kwargs["resolutionunit"] = "CENTIMETER"
-        description = json.dumps(self.record, sort_keys=True, default=str)
         if level == 0:
+            xmp = _xmp_packet(self.record)
+            kwargs["extratags"] = [(XMP_TAG, 1, len(xmp), xmp, True)]
             if self.ome:
-                ome: dict[str, Any] = {
-                    "axes": "YXS",
-                    "Name": self.path.name.split(".")[0],
-                    "Description": description,
-                }
-                if self.mpp is not None:
-                    ome.update(PhysicalSizeX=self.mpp, PhysicalSizeXUnit="µm")
-                    ome.update(PhysicalSizeY=self.mpp, PhysicalSizeYUnit="µm")
-                kwargs.update(metadata=ome, subifds=len(self.shapes) - 1)
+                kwargs["description"] = self._ome_xml()
+                if len(self.shapes) > 1:
+                    kwargs["subifds"] = len(self.shapes) - 1
             else:
-                kwargs.update(metadata=None, description=description)
+                kwargs["description"] = f"zoomldm {version} pyramidal image; provenance: XMP (TIFF tag 700)"
         else:
-            kwargs.update(metadata=None, subfiletype=1)
+            kwargs["subfiletype"] = 1  # reduced-resolution image
         self._tif.write(tiles, **kwargs)
+
+    def _point_twins_at_subifds(self) -> None:
+        """Give each main-chain twin page the tile offsets and byte counts of its SubIFD (same tiles)."""
+        import tifffile
+
+        with tifffile.TiffFile(self._tmp, mode="r+b") as tif:
+            tif.pages.useframes = False
+            subifds = tifffile.TiffPages(tif.pages.first)
+            for level in range(1, len(self.shapes)):
+                twin, source = tif.pages[level], subifds[level - 1]
+                assert isinstance(twin, tifffile.TiffPage) and isinstance(source, tifffile.TiffPage)
+                for name in ("TileOffsets", "TileByteCounts"):
+                    tag = source.tags[name]
+                    twin.tags[name].overwrite(tag.value, dtype=tag.dtype)
 
     def _cleanup(self) -> None:
         self._stores.clear()

@@ -102,14 +102,27 @@ def _caption(slide: Any, path: Path) -> tuple[str, dict[str, Any]]:
     mpp = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
     info: dict[str, Any] = {"name": path.name, "width": width, "height": height, "levels": slide.level_count}
     info["mpp"] = float(mpp) if mpp else None
-    try:
-        info["provenance"] = json.loads(slide.properties.get("tiff.ImageDescription", ""))
-    except ValueError:
-        info["provenance"] = None
+    info["provenance"] = _tiff_provenance(path)
     text = f"{path.name} — {width}×{height} px, {slide.level_count} levels"
     if info["mpp"]:
         text += f", {info['mpp']:.4g} µm/px"
     return html.escape(text), info
+
+
+def _tiff_provenance(path: Path) -> dict[str, Any] | None:
+    """The provenance record of a zoomldm TIFF (XMP packet, or the older JSON ImageDescription), else None.
+
+    Read with :func:`zoomldm.io.tiff.read_provenance`: since the provenance left the ImageDescription
+    (tifffile took that JSON for its own series metadata), OpenSlide's ``tiff.ImageDescription`` no longer
+    holds it."""
+    from .tiff import read_provenance
+
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        return read_provenance(path)
+    except ZoomLDMError:  # the slide opened, so the pixels are fine; a caption without provenance will do
+        return None
 
 
 class ViewerServer(ThreadingHTTPServer):

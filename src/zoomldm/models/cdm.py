@@ -43,6 +43,7 @@ from timm.layers import Attention, Mlp
 from torch import nn
 
 from ..errors import CheckpointError, ZoomLDMError
+from ..tensorfiles import load_pretrained_component, load_safetensors, load_torch
 
 #: DiT sizes of the authors' ``DiT_models`` table (depth, hidden size, heads); DiT-B is their default.
 CDM_PRESETS: dict[str, dict[str, int]] = {
@@ -240,20 +241,12 @@ _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
 
 def _read_cdm_file(path: Path) -> Any:
-    if not path.is_file():
-        raise ZoomLDMError(f"CDM checkpoint not found: {path}")
+    """The raw content of a CDM checkpoint file; damaged files, directories and pickles that carry code
+    are one-line :class:`CheckpointError` s that name the file (:mod:`zoomldm.tensorfiles`)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return load_safetensors(path, "safetensors CDM checkpoint")
     # DiT's train script pickles its argparse.Namespace under "args"; allow that one plain class
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # code objects, corrupt files
-            raise CheckpointError(
-                f"{path.name}: cannot be read as a weights-only checkpoint ({err})"
-            ) from None
+    return load_torch(path, "PyTorch CDM checkpoint", safe_globals=[argparse.Namespace])
 
 
 def _select_state(raw: Any, name: str) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
@@ -352,7 +345,10 @@ def load_official_cdm(
     state, source, args = _select_state(raw, path.name)
     if preset is None and isinstance(args.get("model"), str) and args["model"] in CDM_PRESETS:
         preset = args["model"]
-    config = infer_cdm_config(state, preset=preset, num_heads=num_heads)
+    try:
+        config = infer_cdm_config(state, preset=preset, num_heads=num_heads)
+    except CheckpointError as err:  # e.g. a ZoomLDM checkpoint given as the CDM: say which file
+        raise CheckpointError(f"{path}: {err}") from err
     model = ConditioningDiT(**config)
     load_into(model, state, "cdm", hint=f" (in {path.name})")
     matched = [
@@ -374,6 +370,6 @@ def load_cdm(path: str | Path, **official_kwargs: Any) -> tuple[ConditioningDiT,
             path = path / "cdm"
         if not (path / "config.json").is_file():
             raise ZoomLDMError(f"{path} is not a CDM folder (no config.json)")
-        model = ConditioningDiT.from_pretrained(path).eval()
+        model = load_pretrained_component(ConditioningDiT, path, "CDM").eval()
         return model, {"source": "ours", "config": dict(model.config), "preset": None, "args": {}}
     return load_official_cdm(path, **official_kwargs)

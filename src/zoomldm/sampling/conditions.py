@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 
 from ..conditioning import pool_grid, prepare_grid, standardize_tokens
-from ..errors import ZoomLDMError
+from ..errors import ConfigError
 from ..scales import Magnification
+from .levels import require_level
 
 SLERP_DOT_THRESHOLD = 0.9995
 CONTEXT_CHUNK = 256  # grids per Summarizer call
@@ -28,12 +29,20 @@ CONTEXT_CHUNK = 256  # grids per Summarizer call
 def summarize(
     pipe, grids: Sequence[torch.Tensor] | torch.Tensor, magnification: Magnification
 ) -> torch.Tensor:
-    """Summarizer contexts ``[N, 65, D]`` (float32, on the pipeline's device) of *prepared* grids, in chunks."""
+    """Summarizer contexts ``[N, 65, D]`` (float32, on the pipeline's device) of *prepared* grids, in chunks.
+
+    The Summarizer is called directly with the level's index (what ``pipe.condition`` does after parsing
+    its argument): the level was parsed once at the edge and is not parsed again per chunk (:mod:`.levels`).
+    """
+    mag = require_level(pipe, magnification, "magnification")
     grids = list(grids.unbind(0)) if isinstance(grids, torch.Tensor) else list(grids)
-    out = [
-        pipe.condition(grids[i : i + CONTEXT_CHUNK], magnification, prepare=False)
-        for i in range(0, len(grids), CONTEXT_CHUNK)
-    ]
+    summarizer, device = pipe.summarizer, pipe.device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(grids), CONTEXT_CHUNK):
+            chunk = [g.to(device, summarizer.dtype) for g in grids[i : i + CONTEXT_CHUNK]]
+            index = torch.full((len(chunk),), mag.index, dtype=torch.long, device=device)
+            out.append(summarizer(chunk, index).float())
     return torch.cat(out) if out else torch.empty(0, 65, pipe.config.context_dim, device=pipe.device)
 
 
@@ -108,7 +117,7 @@ def window_grids(
     """
     g = target.grid_size
     if tile_latent % g:
-        raise ZoomLDMError(f"a {tile_latent}-px latent tile cannot hold a {g}×{g} grid")
+        raise ConfigError(f"a {tile_latent}-px latent tile cannot hold a {g}×{g} grid")
     u = tile_latent // g
     grid = torch.nn.functional.pad(base_grid.float()[None], (0, 1, 0, 1), mode="replicate")[0]
     tokens = grid.permute(1, 2, 0)  # [H+1, W+1, C]

@@ -30,66 +30,38 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ZoomLDMError
+from ..errors import ConfigError, InputError
 from ..progress import make_progress, progress_enabled
 from ..scales import Magnification
-from .guidance import guided_eps
+from .levels import require_level
+from .memory import auto_tile_batch
+from .metrics import ConstraintAccumulator, to_levels
+from .newton import JointSamplingConfig, _Ops, inf_normalize, newton_constrain
 from .noise import keyed_normal
 from .resize import downsampler, upsampler
-from .strided import StridedStep, predict_x0, strided_steps, strided_update
+from .strided import predict_x0, strided_steps, strided_update
+
+__all__ = [
+    "MIN_FOOTPRINT",
+    "ConstrainedResult",
+    "FixedGuide",
+    "JointSamplingConfig",  # defined in .newton (shared with .memory), re-exported here
+    "SampledGuide",
+    "block_cover",
+    "constrained_sample",
+    "inf_normalize",
+    "newton_constrain",
+    "resolve_tile_batch",
+    "scale_ratio",
+]
 
 #: footprint of a target tile in the guide must stay at least this many pixels (k ≤ 16 for 256² patches,
 #: the authors' range; larger ratios are reached by cascading scale pairs)
 MIN_FOOTPRINT = 16
-
-
-@dataclass
-class JointSamplingConfig:
-    """Hyper-parameters of joint multi-scale sampling; defaults are the official values (SPEC §4.2, §11).
-
-    Attributes:
-        t0: first timestep (the UNet sees ``t0``; coefficients at ``t0 − 1``).
-        stride: timestep stride (20 outer steps for 1000/50).
-        guidance_w: ``w`` in ``(w+1)·ε_c − w·ε_u`` (w = 2 ⇔ s = 3).
-        h: finite-difference step of both Jacobian-vector products.
-        lr: Newton update rate.
-        inner_steps: Newton iterations per tile per outer step (0 = unconstrained tiles).
-        tile_batch: tiles per batch (each batch is ``2·tile_batch`` UNet rows: cond + uncond), or
-            ``"auto"``: the most that fit in the free GPU memory (:func:`.memory.auto_tile_batch`; 16 on a
-            CPU). A fixed number keeps results bitwise repeatable across machines of one kind.
-        variance_preserving_update: ``√(1−ā_prev−β̃)·ε`` (official post-processing / FCS) instead of the
-            Colab notebook's ``√(1−ā_prev)·ε``.
-    """
-
-    t0: int = 1000
-    stride: int = 50
-    guidance_w: float = 2.0
-    h: float = 0.005
-    lr: float = 0.5
-    inner_steps: int = 10
-    tile_batch: int | str = 16
-    variance_preserving_update: bool = True
-
-    def __post_init__(self) -> None:
-        if self.inner_steps < 0:
-            raise ZoomLDMError(f"inner_steps must be >= 0; got {self.inner_steps}")
-        if self.tile_batch != "auto" and not (isinstance(self.tile_batch, int) and self.tile_batch >= 1):
-            raise ZoomLDMError(f"tile_batch must be an integer >= 1 or 'auto'; got {self.tile_batch!r}")
-        if not self.h > 0:
-            raise ZoomLDMError(f"the finite-difference step h must be > 0; got {self.h}")
-        if self.guidance_w < 0:
-            raise ZoomLDMError(f"guidance_w must be >= 0 (w = s − 1); got {self.guidance_w}")
-        if self.lr < 0:
-            raise ZoomLDMError(f"lr must be >= 0; got {self.lr}")
-        if not 1 <= self.stride <= self.t0 <= 1000:
-            raise ZoomLDMError(f"need 1 <= stride <= t0 <= 1000; got t0={self.t0}, stride={self.stride}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -123,9 +95,9 @@ class ConstrainedResult:
 def scale_ratio(pipe, guide: Magnification, target: Magnification) -> int:
     """``k`` = base pixels of a guide pixel / of a target pixel, validated for joint sampling."""
     if guide.domain != target.domain:
-        raise ZoomLDMError(f"guide {guide} and target {target} are levels of different domains")
+        raise ConfigError(f"guide {guide} and target {target} are levels of different domains")
     if guide.index <= target.index:
-        raise ZoomLDMError(
+        raise ConfigError(
             f"the guide / input magnification ({guide}) must be coarser than the output's ({target}); "
             f"levels: {', '.join(pipe.scales.names)}"
         )
@@ -133,7 +105,7 @@ def scale_ratio(pipe, guide: Magnification, target: Magnification) -> int:
     size = pipe.config.image_size
     if size % k or size // k < MIN_FOOTPRINT:
         largest = pipe.scales[min(target.index + _log2(size // MIN_FOOTPRINT), len(pipe.scales) - 1)]
-        raise ZoomLDMError(
+        raise ConfigError(
             f"a {guide} guide for {target} tiles is a ratio of {k}: each tile would cover "
             f"{size / k:g} guide pixels (at least {MIN_FOOTPRINT} needed); the coarsest guide for {target} "
             f"is {largest} (generate_large_image cascades two scale pairs for larger images)"
@@ -143,63 +115,6 @@ def scale_ratio(pipe, guide: Magnification, target: Magnification) -> int:
 
 def _log2(n: int) -> int:
     return max(n.bit_length() - 1, 0)
-
-
-def inf_normalize(v: torch.Tensor) -> torch.Tensor:
-    """``N(v)``: each sample divided by its max-abs value (a zero sample stays zero)."""
-    scale = v.flatten(1).abs().amax(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
-    return v / scale.view(-1, *([1] * (v.dim() - 1)))
-
-
-class _Ops:
-    """VQ and UNet calls of the sampler on the pipeline's devices and dtypes."""
-
-    def __init__(self, pipe, unet, guidance_w: float) -> None:
-        self.pipe, self.unet, self.s = pipe, unet, guidance_w + 1.0
-        self.vae_dtype = next(pipe.vae.parameters()).dtype
-        self.unet_forwards = 0  # UNet rows evaluated (cond and uncond rows count separately)
-        self.vq_passes = 0  # images through the VQ encoder or decoder
-
-    def eps(self, x: torch.Tensor, step: StridedStep, context: torch.Tensor) -> torch.Tensor:
-        t = torch.tensor(float(step.t), device=x.device)  # float t, as the official model_pred
-        self.unet_forwards += x.shape[0] * (1 if self.s == 1.0 else 2)
-        return guided_eps(self.unet, x, t, context, self.s)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        self.vq_passes += z.shape[0]
-        return self.pipe.vae.decode(z.to(self.vae_dtype)).sample.float()  # quantising, not clamped
-
-    def encode(self, img: torch.Tensor) -> torch.Tensor:
-        self.vq_passes += img.shape[0]
-        return self.pipe.vae.encode(img.to(self.vae_dtype)).latents.float()
-
-
-def newton_constrain(
-    ops: _Ops,
-    x: torch.Tensor,
-    context: torch.Tensor,
-    target: torch.Tensor,
-    step: StridedStep,
-    config: JointSamplingConfig,
-    down: Callable,
-    up: Callable,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One outer step's tile update of SPEC §4.3 for a batch: returns ``(x, ε, x̂0)`` after the Newton
-    iterations that pull ``down(decode(x̂0))`` toward ``target`` (the footprints ``[B,3,S/k,S/k]``)."""
-    eps = ops.eps(x, step, context)
-    x0 = predict_x0(x, eps, step)
-    h = config.h
-    for _ in range(config.inner_steps):
-        img = ops.decode(x0)
-        e_im = inf_normalize(up(target - down(img)))
-        z, z_h = ops.encode(torch.cat([img, img + h * e_im])).chunk(2)  # both encoder passes in one call
-        e_z = inf_normalize(z_h - z)
-        x_h = x + h * e_z
-        x0_h = predict_x0(x_h, ops.eps(x_h, step, context), step)
-        x = x + config.lr * inf_normalize((x0_h - x0) / h)
-        eps = ops.eps(x, step, context)
-        x0 = predict_x0(x, eps, step)
-    return x, eps, x0
 
 
 def block_shape(tile_batch: int) -> tuple[int, int]:
@@ -241,8 +156,6 @@ def resolve_tile_batch(pipe, config: JointSamplingConfig, n_tiles: int) -> int:
     """``config.tile_batch``, with ``"auto"`` measured for ``n_tiles`` tiles (:mod:`.memory`)."""
     if config.tile_batch != "auto":
         return int(config.tile_batch)
-    from .memory import auto_tile_batch
-
     return auto_tile_batch(pipe, n_tiles)
 
 
@@ -259,12 +172,12 @@ def split_footprints(
 
 def constrained_sample(
     pipe,
-    guide_magnification: Magnification | str | int,
+    guide_magnification: Magnification,
     tile_contexts: torch.Tensor,
     tile_noise: torch.Tensor,
     guide: SampledGuide | FixedGuide,
     *,
-    target_magnification: Magnification | str | int | None = None,
+    target_magnification: Magnification | None = None,
     tile_ids: Sequence[int] | None = None,
     config: JointSamplingConfig | None = None,
     seed: int = 0,
@@ -280,7 +193,9 @@ def constrained_sample(
     Args:
         pipe: a :class:`~zoomldm.pipeline.ZoomLDMPipeline` (its UNet — EMA when loaded so, as the
             official joint sampling — its VQ, config and scales).
-        guide_magnification: level of the guide; ``k`` = ratio to the target level.
+        guide_magnification: level of the guide; ``k`` = ratio to the target level. Both levels are
+            :class:`~zoomldm.scales.Magnification` objects (``pipe.magnification("5x")``): parsed once by
+            the caller (:mod:`.levels`).
         tile_contexts: ``[n, 65, D]`` Summarizer contexts of the tiles to generate (same order as
             ``tile_ids``; see :func:`.conditions.tile_contexts`).
         tile_noise: ``[n, C, h, w]`` initial noise of those tiles (``h = pipe.config.latent_size``).
@@ -296,21 +211,20 @@ def constrained_sample(
         progress: show progress bars.
     """
     config = config or JointSamplingConfig()
-    scales = pipe.scales
-    gmag = scales.parse(guide_magnification)
-    tmag = scales.parse(target_magnification if target_magnification is not None else 0)
+    gmag = require_level(pipe, guide_magnification, "guide magnification")
+    tmag = require_level(pipe, target_magnification, "target magnification")
     k = scale_ratio(pipe, gmag, tmag)
     size, latent = pipe.config.image_size, pipe.config.latent_size
     footprint = size // k
     n = tile_contexts.shape[0]
     channels = pipe.unet.config.in_channels
     if tile_noise.shape != (n, channels, latent, latent):
-        raise ZoomLDMError(
+        raise InputError(
             f"tile noise must be [{n}, {channels}, {latent}, {latent}]; got {tuple(tile_noise.shape)}"
         )
     ids = list(range(n)) if tile_ids is None else [int(i) for i in tile_ids]
     if len(ids) != n:
-        raise ZoomLDMError(f"got {len(ids)} tile ids for {n} tile contexts")
+        raise InputError(f"got {len(ids)} tile ids for {n} tile contexts")
     device = pipe.device
     ops = _Ops(pipe, unet or pipe.unet, config.guidance_w)
     down, up = downsampler(size, k).to(device), upsampler(size, k).to(device)
@@ -319,7 +233,7 @@ def constrained_sample(
     if isinstance(guide, FixedGuide):
         guide_img = guide.image.to(device=device, dtype=torch.float32)
         if guide_img.dim() != 3 or guide_img.shape[1] % footprint or guide_img.shape[2] % footprint:
-            raise ZoomLDMError(
+            raise InputError(
                 f"a fixed guide must be [3, H, W] with H, W multiples of the tile footprint {footprint}; "
                 f"got {tuple(guide_img.shape)}"
             )
@@ -332,7 +246,7 @@ def constrained_sample(
         guide_img = None
         tiles_per_row, n_tiles = k, k * k
     if ids and (min(ids) < 0 or max(ids) >= n_tiles):
-        raise ZoomLDMError(f"tile ids must be in 0..{n_tiles - 1} for this guide; got {min(ids)}..{max(ids)}")
+        raise InputError(f"tile ids must be in 0..{n_tiles - 1} for this guide; got {min(ids)}..{max(ids)}")
 
     x_tiles = tile_noise.detach().float().cpu().clone()
     if state is not None:
@@ -391,8 +305,6 @@ def constrained_sample(
 
 
 def _tile_metrics(ops, x_tiles, ids, guide_img, footprint, tiles_per_row, k, batch) -> dict:
-    from .metrics import ConstraintAccumulator, to_levels
-
     acc = ConstraintAccumulator(k)
     for i in range(0, len(ids), batch):
         z = x_tiles[i : i + batch].to(guide_img.device)

@@ -23,17 +23,19 @@ grid gets its own gradient).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ZoomLDMError
+from ..errors import ConfigError, InputError
 from ..progress import make_progress, progress_enabled
 from ..scales import Magnification
 from ..schedule import official_alphas_cumprod
 from .guidance import unet_eps
+from .levels import require_level
 from .noise import keyed_normal
 
 
@@ -58,13 +60,15 @@ class InversionConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ZoomLDMError(f"inversion steps must be >= 1; got {self.steps}")
+            raise ConfigError(f"inversion steps must be >= 1; got {self.steps}")
         if not (1 <= self.t_end <= 1000 and 1 <= self.t_start <= 1000):
-            raise ZoomLDMError(f"inversion timesteps must be in 1..1000; got {self.t_start}..{self.t_end}")
-        if not self.lr > 0:
-            raise ZoomLDMError(f"inversion lr must be > 0; got {self.lr}")
+            raise ConfigError(f"inversion timesteps must be in 1..1000; got {self.t_start}..{self.t_end}")
+        if not 0 < self.lr < math.inf:  # NaN fails every comparison
+            raise ConfigError(f"inversion lr (--inversion-lr) must be > 0 and finite; got {self.lr}")
+        if not -math.inf < self.sim_weight < math.inf:
+            raise ConfigError(f"sim_weight (--sim-weight) must be finite; got {self.sim_weight}")
         if self.batch < 1:
-            raise ZoomLDMError(f"inversion batch must be >= 1; got {self.batch}")
+            raise ConfigError(f"inversion batch must be >= 1; got {self.batch}")
 
     def timesteps(self) -> list[int]:
         return [int(t) for t in np.linspace(self.t_start, self.t_end, self.steps).astype(int)]
@@ -121,7 +125,7 @@ def inversion_loss(
 def invert_conditions(
     pipe,
     images: torch.Tensor,
-    magnification: Magnification | str | int,
+    magnification: Magnification,
     *,
     config: InversionConfig | None = None,
     seed: int = 0,
@@ -133,10 +137,10 @@ def invert_conditions(
     ``magnification``. ``patch_ids`` key the noise (default 0..N−1). Returns standardised grids
     ``[N, C, k, k]`` with ``k = magnification.grid_size``."""
     config = config or InversionConfig()
-    mag = pipe.scales.parse(magnification)
+    mag = require_level(pipe, magnification, "magnification")
     size = pipe.config.image_size
     if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-        raise ZoomLDMError(f"inversion needs patches [N, 3, {size}, {size}]; got {tuple(images.shape)}")
+        raise InputError(f"inversion needs patches [N, 3, {size}, {size}]; got {tuple(images.shape)}")
     ids = list(range(images.shape[0])) if patch_ids is None else list(patch_ids)
     k, channels = mag.grid_size, pipe.config.ssl_channels
     ts = config.timesteps()

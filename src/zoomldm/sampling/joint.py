@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ZoomLDMError
+from ..errors import ConfigError, InputError
 from ..scales import Magnification
 from .conditions import guide_context, tile_contexts
 from .constrained import (
@@ -50,6 +50,7 @@ from .constrained import (
 )
 from .decode import DecodeConfig
 from .inversion import InversionConfig, invert_conditions
+from .levels import parse_level
 from .noise import generator_for, keyed_normal
 from .output import RunState, check_output_path, to_uint8_image, write_canvas
 from .postprocess import PostprocessConfig, postprocess_latent
@@ -136,34 +137,33 @@ class LargeImagePlan:
         }
 
 
-def _parse_level(pipe, value, what: str) -> Magnification:
-    try:
-        return pipe.scales.parse(value)
-    except ZoomLDMError as err:
-        raise ZoomLDMError(f"{what}: {err} (this model's levels: {', '.join(pipe.scales.names)})") from None
+def _resolve_levels(pipe, guide, target, size) -> tuple[Magnification, Magnification]:
+    """The edge: parse the requested levels once (:mod:`.levels`) and choose the guide for ``size``."""
+    tmag = parse_level(pipe, target, "target magnification") if target is not None else pipe.scales[0]
+    gmag = parse_level(pipe, guide, "guide magnification") if guide is not None else None
+    return _choose_guide(pipe, gmag, tmag, size), tmag
 
 
-def _levels_of_request(pipe, guide, target, size) -> tuple[Magnification, Magnification]:
+def _choose_guide(pipe, gmag: Magnification | None, tmag: Magnification, size: int | None) -> Magnification:
     tile = pipe.config.image_size
-    tmag = _parse_level(pipe, target if target is not None else 0, "target magnification")
     if size is not None and (size < tile or size % tile):
-        raise ZoomLDMError(f"size must be a positive multiple of the {tile}-px tile; got {size}")
-    if guide is not None:
-        return _parse_level(pipe, guide, "guide magnification"), tmag
+        raise ConfigError(f"size must be a positive multiple of the {tile}-px tile; got {size}")
+    if gmag is not None:
+        return gmag
     if size is None:
-        raise ZoomLDMError("give the guide magnification (e.g. 1.25x) or the output size")
+        raise ConfigError("give the guide magnification (e.g. 1.25x) or the output size")
     k = size // tile
     if k & (k - 1) or k < 2:
-        raise ZoomLDMError(
+        raise ConfigError(
             f"size {size} is not a power-of-two number of {tile}-px tiles (2, 4, 8, 16, … × {tile})"
         )
-    gmag = next((m for m in pipe.scales if m.downsample == tmag.downsample * k), None)
-    if gmag is None:
-        raise ZoomLDMError(
+    found = next((m for m in pipe.scales if m.downsample == tmag.downsample * k), None)
+    if found is None:
+        raise ConfigError(
             f"a {size}² image at {tmag} needs a guide {k}× coarser, which this model "
             f"({', '.join(pipe.scales.names)}) does not have"
         )
-    return gmag, tmag
+    return found
 
 
 def plan_large_image(
@@ -178,30 +178,39 @@ def plan_large_image(
     output in target pixels (``k × tile``); with ``guide`` omitted it chooses the guide. ``region =
     (x, y, w, h)`` in target pixels, multiples of the tile size, selects a viewport. ``guide_shape`` is the
     pixel size of a fixed guide image (super-resolution input, cascade stage) instead of one patch."""
+    gmag, tmag = _resolve_levels(pipe, guide, target, size)
+    return _plan_pair(pipe, gmag, tmag, size, region, guide_shape)
+
+
+def _plan_pair(
+    pipe,
+    gmag: Magnification,
+    tmag: Magnification,
+    size: int | None = None,
+    region: tuple[int, int, int, int] | None = None,
+    guide_shape: tuple[int, int] | None = None,
+) -> LargeImagePlan:
     tile = pipe.config.image_size
-    gmag, tmag = _levels_of_request(pipe, guide, target, size)
     k = scale_ratio(pipe, gmag, tmag)
     if guide_shape is None:
         rows = cols = k
         if size is not None and size != k * tile:
-            raise ZoomLDMError(
+            raise ConfigError(
                 f"a {gmag} guide with {tmag} tiles gives a {k * tile}² image (k = {k}); --size {size} does not "
                 f"match (omit --size, or choose the guide for it)"
             )
     else:
         foot = tile // k
         if guide_shape[0] % foot or guide_shape[1] % foot:
-            raise ZoomLDMError(
-                f"the guide image {guide_shape} is not made of whole {foot}-px tile footprints"
-            )
+            raise InputError(f"the guide image {guide_shape} is not made of whole {foot}-px tile footprints")
         rows, cols = guide_shape[0] // foot, guide_shape[1] // foot
     if region is None:
         return LargeImagePlan(gmag, tmag, k, tile, rows, cols, 0, 0, rows, cols)
     x, y, w, h = (int(v) for v in region)
     if any(v % tile for v in (x, y, w, h)) or w < tile or h < tile:
-        raise ZoomLDMError(f"region (x, y, w, h) = {region} must be in whole {tile}-px tiles")
+        raise ConfigError(f"region (x, y, w, h) = {region} must be in whole {tile}-px tiles")
     if x < 0 or y < 0 or x + w > cols * tile or y + h > rows * tile:
-        raise ZoomLDMError(f"region {region} leaves the {cols * tile}×{rows * tile} image")
+        raise ConfigError(f"region {region} leaves the {cols * tile}×{rows * tile} image")
     return LargeImagePlan(gmag, tmag, k, tile, rows, cols, y // tile, x // tile, h // tile, w // tile)
 
 
@@ -217,28 +226,28 @@ def plan_stages(
     0.15625x → 1.25x → 20x for a 32768² image. The first stage is always generated whole; ``region``
     selects the tiles of the last one."""
     tile = pipe.config.image_size
-    gmag, tmag = _levels_of_request(pipe, guide, target, size)
+    gmag, tmag = _resolve_levels(pipe, guide, target, size)
     k_max = 1 << max((tile // MIN_FOOTPRINT).bit_length() - 1, 0)
     if gmag.index <= tmag.index or gmag.downsample // tmag.downsample <= k_max:
-        return [plan_large_image(pipe, gmag, tmag, size, region)]
+        return [_plan_pair(pipe, gmag, tmag, size, region)]
     k_total = gmag.downsample // tmag.downsample
     if size is not None and size != k_total * tile:
-        raise ZoomLDMError(
+        raise ConfigError(
             f"a {gmag} guide with {tmag} tiles gives a {k_total * tile}² image; --size {size} does not match"
         )
     mid = pipe.scales[tmag.index + k_max.bit_length() - 1]
-    first = plan_large_image(pipe, gmag, mid)
-    second = plan_large_image(pipe, mid, tmag, region=region, guide_shape=(first.height, first.width))
+    first = _plan_pair(pipe, gmag, mid)
+    second = _plan_pair(pipe, mid, tmag, region=region, guide_shape=(first.height, first.width))
     return [first, second]
 
 
 def check_reference_grid(pipe, grid: torch.Tensor, plan: LargeImagePlan) -> torch.Tensor:
     """The reference must be the unpooled base grid of exactly the guide's field of view."""
     if not isinstance(grid, torch.Tensor) or grid.dim() != 3:
-        raise ZoomLDMError(f"the reference must be an SSL grid [C, h, w]; got {getattr(grid, 'shape', grid)}")
+        raise InputError(f"the reference must be an SSL grid [C, h, w]; got {getattr(grid, 'shape', grid)}")
     channels = pipe.config.ssl_channels
     if grid.shape[0] != channels:
-        raise ZoomLDMError(f"the reference grid has {grid.shape[0]} channels; this model expects {channels}")
+        raise InputError(f"the reference grid has {grid.shape[0]} channels; this model expects {channels}")
     side = plan.guide.grid_size
     if tuple(grid.shape[1:]) != (side, side):
         h, w = grid.shape[1:]
@@ -246,7 +255,7 @@ def check_reference_grid(pipe, grid: torch.Tensor, plan: LargeImagePlan) -> torc
         fits = next((m for m in pipe.scales if m.grid_size == h == w), None)
         if fits is not None and fits.index > plan.target.index:
             hint = f" (a {h}×{w} grid is the field of view of a {fits} guide)"
-        raise ZoomLDMError(
+        raise InputError(
             f"a {plan.guide} guide covers {side}×{side} base tiles ({side * plan.tile_px}² px at "
             f"{pipe.scales[0]}); the reference grid is {h}×{w}{hint}"
         )
@@ -393,7 +402,12 @@ def finish_outputs(
     result: LargeImageResult, state: RunState, extra_images: dict[str, np.ndarray] | None = None
 ):
     """Write ``<stem>_guide.png`` (the guide / low-resolution input), any ``<stem>_<name>.png`` of
-    ``extra_images`` and ``<stem>.json`` (metrics + settings) beside the output; drop the resume state."""
+    ``extra_images`` and ``<stem>.json`` (metrics + settings) beside the output; drop the resume state.
+
+    ``result.settings`` and ``result.metrics`` become their JSON form (lists, strings for paths), so that
+    they equal the record in ``<stem>.json`` whether or not a file is written."""
+    result.settings = json.loads(json.dumps(result.settings, default=str))
+    result.metrics = json.loads(json.dumps(result.metrics, default=str))
     if result.path is not None:
         _write_sidecars(result.path, result.guide_image, result.metrics, result.settings, extra_images or {})
     state.clear()
@@ -491,14 +505,14 @@ def generate_large_image(
     config = config or JointSamplingConfig()
     post = PostprocessConfig() if postprocess is True else (postprocess or None)
     if post is not None and post.use_live_weights and live_unet is None:
-        raise ZoomLDMError("postprocess use_live_weights needs live_unet= (the checkpoint's live UNet)")
+        raise ConfigError("postprocess use_live_weights needs live_unet= (the checkpoint's live UNet)")
     stages = plan_stages(pipe, guide, target, size, region)
     plan = stages[-1]
     out = check_output_path(out, plan.height, plan.width, compression)
     if reference is not None:
         grid = check_reference_grid(pipe, reference, stages[0])
     elif cdm is None:
-        raise ZoomLDMError(
+        raise InputError(
             "large images need a reference region (its SSL grid, or an image embedded with --encoder); "
             "reference-free generation needs a CDM checkpoint (--cdm)"
         )
@@ -581,13 +595,13 @@ def _check_cdm(pipe, cdm) -> None:
     cfg = getattr(cdm, "config", None)
     token_dim = getattr(cfg, "token_dim", None)
     if token_dim is None:
-        raise ZoomLDMError("cdm must be a ConditioningDiT (zoomldm.models.cdm)")
+        raise ConfigError("cdm must be a ConditioningDiT (zoomldm.models.cdm)")
     if token_dim != pipe.config.context_dim:
-        raise ZoomLDMError(
+        raise ConfigError(
             f"the CDM makes {token_dim}-d tokens; this model's context is {pipe.config.context_dim}-d"
         )
     if cfg.num_magnifications < len(pipe.scales):
-        raise ZoomLDMError(
+        raise ConfigError(
             f"the CDM knows {cfg.num_magnifications} magnifications; the model has {len(pipe.scales)}"
         )
 

@@ -13,7 +13,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import ZoomLDMError
+from ..errors import ConfigError
+from .newton import JointSamplingConfig, _Ops, newton_constrain
+from .resize import downsampler, upsampler
+from .strided import strided_steps
 
 #: share of the free device memory a batch may plan to use (allocator fragmentation, the decode of the
 #: final image and other processes need the rest)
@@ -31,10 +34,10 @@ def fit_batch(peak_bytes: Callable[[int], int], budget_bytes: int, limit: int) -
         limit: the most items there are to batch.
     """
     if limit < 1:
-        raise ZoomLDMError(f"nothing to batch (limit {limit})")
+        raise ConfigError(f"nothing to batch (limit {limit})")
     one = peak_bytes(1)
     if one > budget_bytes:
-        raise ZoomLDMError(
+        raise ConfigError(
             f"one tile needs {one / 2**30:.1f} GiB at its peak but only {budget_bytes / 2**30:.1f} GiB are "
             "free on the device: free memory, use --dtype float16/bfloat16, or run on a larger GPU"
         )
@@ -46,10 +49,6 @@ def fit_batch(peak_bytes: Callable[[int], int], budget_bytes: int, limit: int) -
 
 def newton_peak_bytes(pipe, batch: int) -> int:
     """Peak CUDA memory (bytes) of one Newton iteration of joint sampling on ``batch`` random tiles."""
-    from .constrained import JointSamplingConfig, _Ops, newton_constrain
-    from .resize import downsampler, upsampler
-    from .strided import strided_steps
-
     device = pipe.device
     size, latent = pipe.config.image_size, pipe.config.latent_size
     k = 2  # the footprint size hardly matters next to the 256² VQ activations
@@ -72,7 +71,7 @@ def auto_tile_batch(pipe, n_tiles: int, default: int = 16) -> int:
     """The tile batch for ``n_tiles`` tiles on the pipeline's device: measured on CUDA (see the module
     docstring), ``min(default, n_tiles)`` elsewhere."""
     if n_tiles < 1:
-        raise ZoomLDMError(f"no tiles to batch ({n_tiles})")
+        raise ConfigError(f"no tiles to batch ({n_tiles})")
     device = pipe.device
     if device.type != "cuda":
         return min(default, n_tiles)

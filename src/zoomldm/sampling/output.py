@@ -27,7 +27,13 @@ from .metrics import ConstraintAccumulator, to_levels
 #: outputs up to this many pixels are also returned as an array (a 8192² RGB image is 192 MiB)
 MAX_IN_MEMORY_PIXELS = 8192 * 8192
 TIFF_SUFFIXES = (".tif", ".tiff")
+OME_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff")
 PNG_SUFFIXES = (".png",)
+
+
+def is_ome_path(path: str | Path) -> bool:
+    """Whether an output name asks for OME-TIFF (``.ome.tif`` or ``.ome.tiff``, any case)."""
+    return Path(path).name.lower().endswith(OME_TIFF_SUFFIXES)
 
 
 def to_uint8_image(image: torch.Tensor) -> np.ndarray:
@@ -53,7 +59,7 @@ def check_output_path(
     out = Path(out)
     suffix = out.suffix.lower()  # ".tif" for "x.ome.tif" too (OME-TIFF is chosen by the full name)
     if suffix not in TIFF_SUFFIXES + PNG_SUFFIXES:
-        raise ZoomLDMError(f"output must end in .tif, .tiff, .ome.tif or .png; got {out.name}")
+        raise ZoomLDMError(f"output must end in .tif, .tiff, .ome.tif, .ome.tiff or .png; got {out.name}")
     if suffix in PNG_SUFFIXES and height * width > MAX_IN_MEMORY_PIXELS:
         raise ZoomLDMError(f"a {width}×{height} image is too large for PNG; write a .tif")
     return out
@@ -133,7 +139,7 @@ def write_canvas(
             mpp=mpp,
             metadata=meta,
             compression=compression,
-            ome=ome or out.name.lower().endswith(".ome.tif"),
+            ome=ome or is_ome_path(out),
         )
         sinks.append(writer.write_rows)
 

@@ -24,17 +24,19 @@ Differences from the official ``postprocess.py`` (both are options or have no ef
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
-from ..errors import ZoomLDMError
+from ..errors import ConfigError, InputError
 from ..progress import make_progress, progress_enabled
 from ..scales import Magnification
 from .conditions import summarize, window_grids
 from .decode import window_starts
 from .guidance import guided_eps
+from .levels import require_level
 from .noise import keyed_normal
 from .strided import predict_x0, strided_steps, strided_update
 
@@ -71,24 +73,26 @@ class PostprocessConfig:
 
     def __post_init__(self) -> None:
         if self.interp not in INTERPOLATIONS:
-            raise ZoomLDMError(f"interp must be one of {', '.join(INTERPOLATIONS)}; got {self.interp!r}")
+            raise ConfigError(f"interp must be one of {', '.join(INTERPOLATIONS)}; got {self.interp!r}")
         if self.window_batch < 1:
-            raise ZoomLDMError(f"window_batch must be >= 1; got {self.window_batch}")
-        if self.guidance_w < 0:
-            raise ZoomLDMError(f"guidance_w must be >= 0 (w = s − 1); got {self.guidance_w}")
+            raise ConfigError(f"window_batch must be >= 1; got {self.window_batch}")
+        if not 0 <= self.guidance_w < math.inf:  # NaN fails every comparison
+            raise ConfigError(
+                f"post-processing guidance_w (--post-guidance-w) must be >= 0 and finite; got {self.guidance_w}"
+            )
         if not 1 <= self.stride <= self.t0 <= 1000:
-            raise ZoomLDMError(f"need 1 <= stride <= t0 <= 1000; got t0={self.t0}, stride={self.stride}")
+            raise ConfigError(f"need 1 <= stride <= t0 <= 1000; got t0={self.t0}, stride={self.stride}")
         if self.window is not None and (self.window < 8 or self.window % 8):
-            raise ZoomLDMError(f"window must be a multiple of 8 latent pixels; got {self.window}")
+            raise ConfigError(f"window must be a multiple of 8 latent pixels; got {self.window}")
         if self.window_stride is not None and self.window_stride < 1:
-            raise ZoomLDMError(f"window_stride must be >= 1; got {self.window_stride}")
+            raise ConfigError(f"window_stride must be >= 1; got {self.window_stride}")
 
     def resolved(self, latent_size: int) -> tuple[int, int]:
         """``(window, stride)`` in latent pixels for a model with ``latent_size`` tiles."""
         window = self.window or latent_size
         stride = self.window_stride or max(window // 4, 1)
         if stride > window:
-            raise ZoomLDMError(f"window_stride {stride} must not exceed the window {window}")
+            raise ConfigError(f"window_stride {stride} must not exceed the window {window}")
         return window, stride
 
     def to_dict(self) -> dict:
@@ -98,7 +102,7 @@ class PostprocessConfig:
 def window_positions(height: int, width: int, window: int, stride: int) -> torch.Tensor:
     """Top-left corners ``[N, 2]`` (y, x) of the windows, row-major."""
     if window > min(height, width):
-        raise ZoomLDMError(f"the canvas ({height}×{width} latent px) is smaller than the window ({window})")
+        raise InputError(f"the canvas ({height}×{width} latent px) is smaller than the window ({window})")
     ys, xs = window_starts(height, window, stride), window_starts(width, window, stride)
     return torch.tensor([(y, x) for y in ys for x in xs], dtype=torch.long)
 
@@ -140,7 +144,7 @@ def postprocess_latent(
     latent: torch.Tensor,
     base_grid: torch.Tensor,
     *,
-    target_magnification: Magnification | str | int | None = None,
+    target_magnification: Magnification | None = None,
     config: PostprocessConfig | None = None,
     seed: int = 0,
     unet=None,
@@ -157,20 +161,20 @@ def postprocess_latent(
     """
     config = config or PostprocessConfig()
     if config.use_live_weights and unet is None:
-        raise ZoomLDMError(
+        raise ConfigError(
             "use_live_weights needs the live UNet: pass unet=ZoomLDMPipeline.from_official(ckpt, ema=False).unet"
         )
     unet = unet or pipe.unet
-    tmag = pipe.scales.parse(target_magnification if target_magnification is not None else 0)
+    tmag = require_level(pipe, target_magnification, "target magnification")
     P = pipe.config.latent_size
     if latent.dim() == 4 and latent.shape[0] == 1:
         latent = latent[0]
     channels, height, width = latent.shape
     if height % P or width % P:
-        raise ZoomLDMError(f"the latent canvas {height}×{width} is not made of whole {P}-px tiles")
+        raise InputError(f"the latent canvas {height}×{width} is not made of whole {P}-px tiles")
     g = tmag.grid_size
     if tuple(base_grid.shape[-2:]) != (height // P * g, width // P * g):
-        raise ZoomLDMError(
+        raise InputError(
             f"the base grid {tuple(base_grid.shape[-2:])} does not match the canvas of "
             f"{height // P}×{width // P} tiles at {tmag} ({g}×{g} embeddings per tile)"
         )

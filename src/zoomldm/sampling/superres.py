@@ -22,19 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ZoomLDMError
+from ..errors import ConfigError, InputError
 from ..scales import Magnification
 from .constrained import FixedGuide, JointSamplingConfig
 from .decode import DecodeConfig
 from .inversion import InversionConfig, invert_conditions
 from .joint import (
     LargeImageResult,
+    _plan_pair,
     base_settings,
     default_decode_config,
     finish_outputs,
-    plan_large_image,
     render_large,
 )
+from .levels import parse_level
 from .output import RunState, check_output_path
 from .postprocess import PostprocessConfig
 
@@ -48,19 +49,21 @@ class SRConfig(JointSamplingConfig):
 
 
 def load_lr_image(path: str | Path, resize: int | None = None) -> np.ndarray:
-    """Read an RGB image as uint8 HWC, optionally resampled (Lanczos) to ``resize``² pixels."""
+    """Read an RGB image as uint8 HWC, optionally resampled (Lanczos) to ``resize``² pixels.
+
+    A missing, empty or unknown file and damaged pixel data (e.g. a JPEG truncated after its header) are
+    one-line :class:`~zoomldm.errors.InputError` s naming the file (:func:`zoomldm.io.images.load_image`).
+    """
     from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise ZoomLDMError(f"low-resolution image not found: {path}")
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if resize is not None:
-            if resize < 1:
-                raise ZoomLDMError(f"resize must be a positive size in pixels; got {resize}")
-            im = im.resize((resize, resize), Image.LANCZOS)
-        return np.asarray(im).copy()
+    from ..io.images import load_image
+
+    if resize is not None and resize < 1:
+        raise InputError(f"--resize (resize) must be a positive size in pixels; got {resize}")
+    image = load_image(path, "low-resolution image")
+    if resize is not None:
+        image = np.asarray(Image.fromarray(image).resize((resize, resize), Image.LANCZOS))
+    return image
 
 
 def _patches(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -114,23 +117,27 @@ def super_resolve(
     post = PostprocessConfig() if postprocess is True else (postprocess or None)
     decode = decode or default_decode_config(pipe)
     if post is not None and post.use_live_weights and live_unet is None:
-        raise ZoomLDMError("postprocess use_live_weights needs live_unet= (the checkpoint's live UNet)")
+        raise ConfigError("postprocess use_live_weights needs live_unet= (the checkpoint's live UNet)")
     lr = np.asarray(lr_image)
     if lr.dtype != np.uint8 or lr.ndim != 3 or lr.shape[2] != 3:
-        raise ZoomLDMError(f"the low-resolution image must be uint8 RGB [H, W, 3]; got {lr.dtype} {lr.shape}")
+        raise InputError(f"the low-resolution image must be uint8 RGB [H, W, 3]; got {lr.dtype} {lr.shape}")
     size = pipe.config.image_size
     if lr.shape[0] % size or lr.shape[1] % size:
-        raise ZoomLDMError(
+        raise InputError(
             f"the low-resolution image is {lr.shape[1]}×{lr.shape[0]}; it must be a whole number of "
             f"{size}² patches at the input magnification (resize or crop it; e.g. resize=256 for the "
             "authors' 4× display copy lr.jpg)"
         )
-    source = pipe.scales.parse(from_magnification)
-    plan = plan_large_image(
-        pipe, source, to_magnification, region=region, guide_shape=(lr.shape[0], lr.shape[1])
+    # the edge: each level is parsed once here; everything below takes Magnification objects
+    source = parse_level(pipe, from_magnification, "input magnification")
+    target = (
+        parse_level(pipe, to_magnification, "target magnification")
+        if to_magnification is not None
+        else pipe.scales[0]
     )
+    plan = _plan_pair(pipe, source, target, region=region, guide_shape=(lr.shape[0], lr.shape[1]))
     out = check_output_path(out, plan.height, plan.width, compression)
-    image = torch.from_numpy(lr).permute(2, 0, 1).float() / 127.5 - 1.0
+    image = torch.from_numpy(lr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # copy: may be read-only
     rows, cols = lr.shape[0] // size, lr.shape[1] // size
     settings = base_settings(
         pipe,

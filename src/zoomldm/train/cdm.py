@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ZoomLDMError
+from ..fsutil import atomic_path
 from .checkpointing import (
     CHECKPOINTS,
     PROGRESS,
@@ -81,8 +83,11 @@ class CDMTrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size % world_size:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by {world_size} processes")
-        if not 0 <= self.ema_decay < 1 or self.lr <= 0:
-            raise ConfigError("ema_decay must be in [0, 1) and lr positive")
+        # written so that NaN fails too (every comparison with NaN is false)
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay: expected a number in [0, 1), got {self.ema_decay}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr: expected a finite number > 0, got {self.lr}")
 
 
 @dataclass
@@ -220,7 +225,8 @@ class CDMTrainer:
             self.info(f"resumed from {self.resume_from} at step {self.state.step}")
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "cdm_config.json").write_text(json.dumps(asdict(c), indent=2))
+            with atomic_path(self.output_dir / "cdm_config.json") as tmp:  # whole or absent
+                tmp.write_text(json.dumps(asdict(c), indent=2))
         params = sum(p.numel() for p in model.parameters())
         self.info(
             f"{c.model} ({params / 1e6:.1f}M parameters, tokens 65×{width}, {levels} levels) on "

@@ -173,7 +173,7 @@ class TrainConfig:
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], source: str | _Source = "config") -> TrainConfig:
         """Build and validate; unknown keys and wrong types raise :class:`ConfigError` naming the key."""
         cfg = _build(cls, data if data is not None else {}, "", source)
         cfg.validate(source)
@@ -186,12 +186,25 @@ class TrainConfig:
         if not path.is_file():
             raise ConfigError(f"training config not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:  # a binary file given as the config
+            raise ConfigError(
+                f"{path.name}: not a UTF-8 text YAML file (undecodable byte at position {err.start}); "
+                "give a training config such as configs/train_tiny.yaml"
+            ) from None
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark or err.context_mark
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = " ".join(p for p in (err.context, err.problem) if p) or "invalid YAML"
+            raise ConfigError(f"{path.name}{where}: {what} (fix the YAML syntax there)") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path.name} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path.name}: expected a mapping of sections at the top level")
-        return cls.from_dict(apply_overrides(data, overrides or []), source=path.name)
+        overrides = list(overrides or [])
+        check_override_keys(overrides)
+        source = _Source(path.name, tuple(_override_key(o) for o in overrides))
+        return cls.from_dict(apply_overrides(data, overrides), source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,17 +213,23 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # -- validation ------------------------------------------------------------------------------------
-    def validate(self, source: str = "config") -> None:
+    def validate(self, source: str | _Source = "config") -> None:
         """Value checks that need no file access (the store is checked by :func:`check_store`)."""
 
         def fail(key: str, message: str) -> None:
-            raise ConfigError(f"{source}: {key}: {message}")
+            raise ConfigError(f"{_at(source, key)}: {message}")
 
         m, d, o, t = self.model, self.data, self.optim, self.train
         if m.init not in INIT_KINDS:
             fail("model.init", f"{m.init!r} is not one of {', '.join(INIT_KINDS)}")
         if m.init != "scratch" and not m.checkpoint:
             fail("model.checkpoint", f"model.init: {m.init} needs a checkpoint path")
+        if m.init == "scratch" and m.checkpoint:  # init omitted (default scratch) would ignore the checkpoint
+            fail(
+                "model.init",
+                f"is scratch (the default when omitted) but model.checkpoint is set ({m.checkpoint}); set "
+                "model.init to official, pretrained or compvis to start from it, or remove model.checkpoint",
+            )
         if m.init in ("scratch", "compvis") and not m.config:
             fail(
                 "model.config", f"model.init: {m.init} needs the architecture (a preset or the authors' yaml)"
@@ -234,8 +253,24 @@ class TrainConfig:
                 fail(key, f"must be at least {low}, got {value}")
         if d.samples_per_epoch is not None and d.samples_per_epoch < 1:
             fail("data.samples_per_epoch", f"must be at least 1, got {d.samples_per_epoch}")
-        if o.lr <= 0 or o.eps <= 0 or o.weight_decay < 0:
-            fail("optim", "lr and eps must be > 0 and weight_decay >= 0")
+        import math
+
+        for key, value in (
+            ("optim.lr", o.lr),
+            ("optim.eps", o.eps),
+            ("optim.weight_decay", o.weight_decay),
+            ("optim.warmup_start", o.warmup_start),
+            ("optim.max_grad_norm", o.max_grad_norm),
+            ("train.p_uncond", t.p_uncond),
+            ("ema.decay", self.ema.decay),
+            ("logging.sample_guidance", self.logging.sample_guidance),
+        ):
+            if value is not None and not math.isfinite(value):
+                fail(key, f"expected a finite number, got {value}")
+        if o.lr <= 0:
+            fail("optim.lr", f"must be > 0, got {o.lr}")
+        if o.eps <= 0 or o.weight_decay < 0:
+            fail("optim", "eps must be > 0 and weight_decay >= 0")
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
             fail("optim.betas", f"expected two numbers in [0, 1), got {o.betas}")
         if not 0 < o.warmup_start <= 1:
@@ -305,6 +340,63 @@ def check_store(store: str, model_config, levels: list[str | int] | None = None,
 
 
 # -- overrides -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Source:
+    """Where the values come from: a file, except the keys given with ``--set`` (for error messages)."""
+
+    file: str
+    overridden: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.file
+
+
+def _at(source: str | _Source, key: str) -> str:
+    """``--set KEY`` when ``key`` (or a section above it) came from the command line, else ``file: key``."""
+    if isinstance(source, _Source):
+        base = key.split("[")[0]
+        for o in source.overridden:
+            if base == o or base.startswith(o + "."):
+                return f"--set {key}"
+    return f"{source}: {key}"
+
+
+def _override_key(item: str) -> str:
+    return ".".join(p for p in item.split("=", 1)[0].strip().split(".") if p)
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Refuse an override whose key is not a config key, naming ``--set KEY`` and the valid keys."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. --set optim.lr=1e-4")
+        key = _override_key(item)
+        if not key:
+            raise ConfigError(f"--set {item}: empty key")
+        cls: Any = TrainConfig
+        done: list[str] = []
+        for part in key.split("."):
+            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+                if typing.get_origin(cls) is dict or cls is Any:  # free-form mapping (storage_options, fsdp)
+                    break
+                raise ConfigError(f"--set {key}: {'.'.join(done)} is a value, not a section")
+            fields = [f.name for f in dataclasses.fields(cls)]
+            if part not in fields:
+                where = f" of {'.'.join(done)}" if done else ""
+                raise ConfigError(
+                    f"--set {key}: unknown key {'.'.join([*done, part])!r}; valid keys{where}: {', '.join(fields)}"
+                )
+            cls = _unwrap_optional(typing.get_type_hints(cls)[part])
+            done.append(part)
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["optim.lr=1e-4", "data.levels=[0,1]"]`` → a copy of ``data`` with those keys set (YAML values)."""
     import copy
@@ -319,7 +411,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}: empty key")
         try:
             value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a 5000-digit int, "[[[[…": the text
             value = text
         node = out
         for p in parts[:-1]:
@@ -332,10 +424,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 # -- a small typed loader for nested dataclasses -------------------------------------------------------
-def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, source: str | _Source) -> Any:
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{_at(source, where)}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
@@ -350,7 +442,7 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, source: str | _Source) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value if value is not None else {}, key + ".", source)
     origin = typing.get_origin(hint)
@@ -370,24 +462,24 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         raise errors[0]
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{source}: {key}: expected a list, got {value!r}")
+            raise ConfigError(f"{_at(source, key)}: expected a list, got {value!r}")
         return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{_at(source, key)}: expected a mapping, got {value!r}")
         return dict(value)
     if hint is Any:
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -396,11 +488,11 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected a string, got {value!r}")
     return value

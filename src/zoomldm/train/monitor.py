@@ -9,8 +9,9 @@ same SSL grid.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +54,15 @@ class LossMeter:
 
 
 class Throughput:
-    """Samples and optimizer steps per second since the previous call."""
+    """Samples and optimizer steps per second of training since the previous call; time spent inside
+    :meth:`paused` (sample grids, checkpoints) is not counted, so the rate is the training speed."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self._t0 = time.perf_counter()
+        self._excluded = 0.0
         self._samples = 0
         self._steps = 0
 
@@ -67,8 +70,17 @@ class Throughput:
         self._samples += samples
         self._steps += steps
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time of the enclosed work (a sample grid, a checkpoint) out of the rate."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._excluded += time.perf_counter() - start
+
     def compute(self) -> dict[str, float]:
-        dt = max(time.perf_counter() - self._t0, 1e-9)
+        dt = max(time.perf_counter() - self._t0 - self._excluded, 1e-9)
         out = {"throughput/samples_per_s": self._samples / dt, "throughput/steps_per_s": self._steps / dt}
         self.reset()
         return out

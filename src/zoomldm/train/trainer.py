@@ -31,6 +31,7 @@ import torch
 from accelerate.utils import DistributedType
 
 from ..errors import ConfigError
+from ..fsutil import atomic_path
 from .checkpointing import (
     STATE,
     Progress,
@@ -187,7 +188,8 @@ class Trainer:
         self._sample_set = None
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(c.to_yaml())
+            with atomic_path(self.output_dir / "config.yaml") as tmp:  # whole or absent
+                tmp.write_text(c.to_yaml())
         if c.logging.trackers:
             acc.init_trackers(c.logging.project, config=_flat_hparams(c.to_dict()))
         self.info(
@@ -391,10 +393,13 @@ class Trainer:
                     result.losses.extend(torch.stack(pending).float().cpu().tolist())
                     pending.clear()
                     self._log_scalars(meter, speed, bar)
+                # sample grids and checkpoints are not training: keep their time out of samples/s
                 if c.logging.sample_every and (st.step % c.logging.sample_every == 0 or last):
-                    self._log_samples()
+                    with speed.paused():
+                        self._log_samples()
                 if st.step % c.checkpoint.every == 0 or last or stop:
-                    result.checkpoints.append(self.save_checkpoint())
+                    with speed.paused():
+                        result.checkpoints.append(self.save_checkpoint())
                 if last:
                     stop = True
                 if stop:

@@ -1,0 +1,118 @@
+"""Settings of large-image sampling by the names of the command-line options.
+
+``ZoomLDMPipeline.generate_large`` / ``.super_resolve`` and ``zoomldm generate`` / ``zoomldm superres`` take
+the same settings: keyword arguments named as the CLI options (``t0``, ``inner_steps``, ``post_t0``, …, see
+:data:`OPTIONS`), applied on top of the settings dataclasses (:class:`~.newton.JointSamplingConfig` /
+:class:`~.superres.SRConfig`, :class:`~.postprocess.PostprocessConfig`, :class:`~.decode.DecodeConfig`,
+:class:`~.inversion.InversionConfig`) given or defaulted. One table maps each name to its field, so the two
+faces cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, ZoomLDMError
+from .decode import DecodeConfig
+from .inversion import InversionConfig
+from .joint import default_decode_config
+from .newton import JointSamplingConfig
+from .postprocess import PostprocessConfig
+
+#: option name (as the CLI's ``--option-name``) → (settings group, dataclass field)
+OPTIONS: dict[str, tuple[str, str]] = {
+    "t0": ("sampling", "t0"),
+    "stride": ("sampling", "stride"),
+    "guidance_w": ("sampling", "guidance_w"),
+    "fd_step": ("sampling", "h"),
+    "newton_lr": ("sampling", "lr"),
+    "inner_steps": ("sampling", "inner_steps"),
+    "tile_batch": ("sampling", "tile_batch"),
+    "colab_update": ("sampling", "variance_preserving_update"),  # negated: True = the Colab update
+    "post_t0": ("postprocess", "t0"),
+    "post_stride": ("postprocess", "stride"),
+    "post_guidance_w": ("postprocess", "guidance_w"),
+    "post_window": ("postprocess", "window"),
+    "post_window_stride": ("postprocess", "window_stride"),
+    "post_interp": ("postprocess", "interp"),
+    "window_batch": ("postprocess", "window_batch"),
+    "post_live_weights": ("postprocess", "use_live_weights"),
+    "decode_batch": ("decode", "batch_size"),
+    "inversion_steps": ("inversion", "steps"),
+    "inversion_lr": ("inversion", "lr"),
+    "sim_weight": ("inversion", "sim_weight"),
+}
+#: options that are not a field: ``no_postprocess=True`` is ``postprocess=False``
+FLAGS = ("no_postprocess",)
+
+
+@dataclass(frozen=True)
+class LargeImageSettings:
+    """The four settings objects of a large-image run (``postprocess`` None = no seam removal)."""
+
+    sampling: JointSamplingConfig
+    postprocess: PostprocessConfig | None
+    decode: DecodeConfig
+    inversion: InversionConfig
+
+
+def _check_type(value: Any, cls: type, name: str) -> Any:
+    if value is not None and not isinstance(value, cls):
+        raise ConfigError(f"{name} must be a {cls.__name__}; got {type(value).__name__}")
+    return value
+
+
+def large_image_settings(
+    pipe,
+    *,
+    sampling_cls: type[JointSamplingConfig] = JointSamplingConfig,
+    config: JointSamplingConfig | None = None,
+    postprocess: PostprocessConfig | bool | None = True,
+    decode: DecodeConfig | None = None,
+    inversion: InversionConfig | None = None,
+    **options: Any,
+) -> LargeImageSettings:
+    """Build the settings: the given dataclasses (defaults: the official values; ``sampling_cls`` is
+    :class:`JointSamplingConfig` or ``SRConfig``), then ``options`` by CLI name on top of them.
+
+    Raises:
+        ConfigError: an unknown option name, a value the dataclass rejects, or an object of the wrong type.
+    """
+    unknown = sorted(set(options) - set(OPTIONS) - set(FLAGS))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {', '.join(unknown)}; the settings are {', '.join([*OPTIONS, *FLAGS])} "
+            "(named as the command-line options) or the config=/postprocess=/decode=/inversion= objects"
+        )
+    groups: dict[str, Any] = {
+        "sampling": _check_type(config, JointSamplingConfig, "config") or sampling_cls(),
+        "decode": _check_type(decode, DecodeConfig, "decode") or default_decode_config(pipe),
+        "inversion": _check_type(inversion, InversionConfig, "inversion") or InversionConfig(),
+    }
+    if postprocess is True:
+        groups["postprocess"] = PostprocessConfig()
+    elif postprocess is False or postprocess is None:
+        groups["postprocess"] = None
+    else:
+        groups["postprocess"] = _check_type(postprocess, PostprocessConfig, "postprocess")
+    if options.pop("no_postprocess", False):
+        groups["postprocess"] = None
+    changes: dict[str, dict[str, Any]] = {}
+    for name, value in options.items():
+        group, field = OPTIONS[name]
+        if group == "postprocess" and groups["postprocess"] is None:
+            continue  # settings of a skipped step (the CLI passes every option)
+        if name == "colab_update":
+            value = not value
+        changes.setdefault(group, {})[field] = value
+    for group, fields in changes.items():
+        try:
+            groups[group] = dataclasses.replace(groups[group], **fields)
+        except ZoomLDMError as err:
+            raise ConfigError(str(err)) from None
+        except (TypeError, ValueError) as err:  # e.g. t0="a": the dataclass' comparisons fail
+            given = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+            raise ConfigError(f"invalid setting ({given}): {err}") from None
+    return LargeImageSettings(**groups)

@@ -1,0 +1,149 @@
+"""The embedded offline model: the card written by tools/train_embedded_model.py is the one the locator
+reads; every shipped file matches the card's sha256; a damaged, missing or unlisted file is one error line."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from zoomldm.errors import CheckpointError
+from zoomldm.models.embedded import card_hashes, embedded_model_path, verify_embedded_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tool():
+    """tools/train_embedded_model.py as a module (its card writer)."""
+    spec = importlib.util.spec_from_file_location(
+        "train_embedded_model", REPO / "tools" / "train_embedded_model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _card(**over) -> dict:
+    card = {
+        "inputs": {"brca_001.jpeg": "0" * 64},
+        "licence": "test",
+        "commands": {"train-vae": "zoomldm train-vae x --out y"},
+        "steps": {"vae": 1, "unet": 1},
+        "wall_time_s": {"total": 1.0},
+        "vae_held_out": {
+            "psnr_db": 20.0,
+            "held_out_crops": 2,
+            "psnr_db_by_level": {"image0/1x-down": 20.0},
+            "codes_used": 3,
+            "codebook_size": 64,
+        },
+        "vae_final_loss": {"step": 1, "loss": 0.1},
+        "unet_final_loss": {"line": "step 1: loss 0.5"},
+        "precision": {"float16_unet_summarizer": True},
+        "colour_stats": {
+            "20x": {"stored": {"mean": [1], "std": [1]}, "generated": {"mean": [1], "std": [1]}}
+        },
+        "machine": "test",
+    }
+    card.update(over)
+    return card
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A folder with two files and the card the training script writes for them."""
+    root = tmp_path / "tiny_brca"
+    (root / "unet").mkdir(parents=True)
+    (root / "unet" / "weights.safetensors").write_bytes(b"\x00\x01weights" * 100)
+    (root / "zoomldm.json").write_text('{"format": "zoomldm"}')
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    (root / "MODEL_CARD.md").write_text(_tool().model_card(_card(), root, files))
+    return root
+
+
+def test_card_written_by_the_script_is_read_by_the_locator(model_dir: Path):
+    table = verify_embedded_model(model_dir)
+    assert set(table) == {"unet/weights.safetensors", "zoomldm.json"}
+    assert table == card_hashes(model_dir / "MODEL_CARD.md")
+
+
+def test_damaged_or_missing_file_is_one_line_error(model_dir: Path):
+    weights = model_dir / "unet" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[5] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(
+        CheckpointError, match=r"weights.safetensors: sha256 differs from MODEL_CARD.md"
+    ) as err:
+        verify_embedded_model(model_dir)
+    assert "\n" not in str(err.value)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="listed in MODEL_CARD.md but missing"):
+        verify_embedded_model(model_dir)
+
+
+def test_card_without_hashes_is_refused(model_dir: Path):
+    (model_dir / "MODEL_CARD.md").write_text("# a card\n\nno table\n")
+    with pytest.raises(CheckpointError, match="no Files table"):
+        verify_embedded_model(model_dir)
+    (model_dir / "MODEL_CARD.md").unlink()
+    with pytest.raises(CheckpointError, match="no MODEL_CARD.md"):
+        verify_embedded_model(model_dir)
+
+
+def test_shipped_model_matches_its_card():
+    """Once a model is shipped, every file in its folder (except the card) is listed with the right hash."""
+    path = embedded_model_path(verify=False)
+    if path is None:
+        pytest.skip("no embedded model shipped yet (run tools/train_embedded_model.py --install)")
+    table = verify_embedded_model(path)
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"MODEL_CARD.md"}
+    present = {p for p in present if "__pycache__" not in p}
+    assert set(table) == present
+    card = (path / "MODEL_CARD.md").read_text()
+    for needle in ("brca_001.jpeg", "zoomldm train-vae", "zoomldm prepare", "zoomldm train", "PSNR"):
+        assert needle in card
+
+
+def _shipped() -> Path:
+    path = embedded_model_path(verify=False)
+    if path is None:
+        pytest.skip("no embedded model shipped yet (run tools/train_embedded_model.py --install)")
+    return path
+
+
+def test_shipped_model_generates_h_and_e_colours(data_dir: Path):
+    """A 20x patch from the shipped model, conditioned on a real H&E tile embedded with its encoder, has
+    H&E's colour order (green lowest: pink/purple) and structure (not a flat field); the random tiny model
+    the demo used before gives grey (R ≈ G ≈ B)."""
+    import numpy as np
+
+    from zoomldm.data.encoders import encode_region_grid
+    from zoomldm.io.images import load_image
+    from zoomldm.models.embedded import load_embedded
+
+    _shipped()
+    pipe, encoder = load_embedded()
+    image = load_image(data_dir / "brca_001.jpeg")[2048:2304, 2048:2304]
+    grid = encode_region_grid(encoder, image).cpu()
+    patch = pipe(ssl=grid, magnification="20x", num_images=1, num_inference_steps=10, seed=0, progress=False)
+    rgb = patch.images[0].reshape(-1, 3).astype(np.float64)
+    mean = rgb.mean(0)
+    assert mean[1] < mean[0] - 15 and mean[1] < mean[2] - 15, mean  # H&E: G well below R and B
+    assert rgb.std(0).min() > 8, rgb.std(0)  # structure, not a flat field
+
+
+def test_demo_offline_falls_back_to_the_embedded_model(capsys, monkeypatch):
+    """Without the published weights the demo uses the embedded model and says so in one line."""
+    from zoomldm.demo import load_demo_pipeline
+
+    path = _shipped()
+    # offline: the default published checkpoint cannot be fetched (and is not in this machine's cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    pipe, encoder, kind = load_demo_pipeline("brca", "cpu")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert kind == "embedded" and len(out) == 1 and "embedded" in out[0], out
+    assert Path(pipe.provenance["checkpoint"]) == path
+    assert encoder.dim == pipe.config.ssl_channels

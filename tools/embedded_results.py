@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""RESULTS.md for the embedded model: per magnification, a Fréchet distance between generated and real crops.
+
+    .venv/bin/python tools/embedded_results.py --work build/embedded [--model src/zoomldm/assets/tiny_brca]
+
+Real crops: windows of ``brca_001.jpeg`` covering each magnification's field of view (256·2^k px at 20x,
+half-overlapping), reduced to 256². Generated: patches of the trained model and of the random ``tiny``
+model (what ``zoomldm demo`` ran offline before), each conditioned on the store's SSL grids of that level.
+
+Feature space (no network, no downloaded weights; the project's Inception and UNI extractors need files
+this machine lacks): a fixed 15-d colour/texture descriptor per image — per RGB channel its mean and
+standard deviation, and the standard deviation of three Laplacian-pyramid bands (detail at 1, 2 and 4 px
+scales after 2× steps). It measures what a flat field or noise gets wrong (colour, contrast, texture
+scale), not tissue semantics. Distances use :func:`zoomldm.evaluation.frechet.frechet_distance`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def descriptor(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` → ``[N, 15]`` colour/texture statistics (see the module docstring)."""
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    feats = [x.mean((2, 3)), x.std((2, 3))]
+    level = x
+    for _ in range(3):
+        down = F.avg_pool2d(level, 2)
+        up = F.interpolate(down, scale_factor=2, mode="bilinear", align_corners=False)
+        feats.append((level - up).std((2, 3)))
+        level = down
+    return torch.cat(feats, 1).numpy().astype(np.float64)
+
+
+def real_crops(image: np.ndarray, downsample: int, size: int = 256) -> np.ndarray:
+    from PIL import Image
+
+    region = size * downsample
+    stride = max(region // 2, 1)
+    h, w = image.shape[:2]
+    out = []
+    for y in range(0, h - region + 1, stride):
+        for x in range(0, w - region + 1, stride):
+            crop = Image.fromarray(image[y : y + region, x : x + region])
+            out.append(np.asarray(crop.reduce(downsample) if downsample > 1 else crop))
+    return np.stack(out)
+
+
+def generate(pipe, dataset, level: int, n: int, steps: int, seed: int) -> np.ndarray:
+    count, start = int(dataset.counts[level]), int(dataset.offsets[level])
+    grids = [dataset.raw_grid(start + (i % count)) for i in range(n)]
+    mag = dataset.levels[level]
+    result = pipe(
+        ssl=grids, magnification=mag, num_images=n, num_inference_steps=steps, seed=seed, progress=False
+    )
+    return result.images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="the --work of train_embedded_model.py")
+    parser.add_argument("--model", type=Path, default=None, help="default: <work>/tiny_brca")
+    parser.add_argument("--image", type=Path, default=REPO.parent / "shared" / "data" / "brca_001.jpeg")
+    parser.add_argument("--per-level", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: <work>/RESULTS_embedded.md (then a section of benchmarks/RESULTS.md)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from zoomldm.evaluation.frechet import frechet_distance
+    from zoomldm.io.images import load_image
+    from zoomldm.pipeline import ZoomLDMPipeline
+    from zoomldm.train.config import check_store
+
+    model = args.model or args.work / "tiny_brca"
+    trained = ZoomLDMPipeline.from_pretrained(model)
+    random = ZoomLDMPipeline.from_config("tiny", seed=0)
+    dataset = check_store(str(args.work / "store.zarr"), trained.config)
+    image = load_image(args.image)
+    rows, record = [], {}
+    started = time.perf_counter()
+    for level, count in enumerate(dataset.counts):
+        if count == 0:
+            continue
+        mag = dataset.levels[level]
+        real = real_crops(image, mag.downsample)
+        if len(real) < 4:
+            continue
+        fr = descriptor(real)
+        mu_r, sig_r = fr.mean(0), np.cov(fr, rowvar=False)
+        entry = {"real_crops": len(real)}
+        for name, pipe in (("trained", trained), ("random", random)):
+            fake = generate(pipe, dataset, level, args.per_level, args.steps, args.seed + level)
+            ff = descriptor(fake)
+            entry[name] = float(frechet_distance(mu_r, sig_r, ff.mean(0), np.cov(ff, rowvar=False)))
+            entry[f"{name}_mean_rgb"] = np.round(fake.reshape(-1, 3).mean(0), 1).tolist()
+        entry["real_mean_rgb"] = np.round(real.reshape(-1, 3).mean(0), 1).tolist()
+        record[mag.name] = entry
+        rows.append(
+            f"| {mag.name} | {len(real)} | {args.per_level} | {entry['trained']:.4f} | {entry['random']:.4f} | "
+            f"{entry['real_mean_rgb']} | {entry['trained_mean_rgb']} | {entry['random_mean_rgb']} |"
+        )
+        print(rows[-1], flush=True)
+    text = "\n".join(
+        [
+            "# Results: the embedded offline model (`zoomldm/assets/tiny_brca`)",
+            "",
+            "Fréchet distance per magnification between generated patches and real crops of "
+            f"`{args.image.name}` (lower is better), for the embedded trained model and for the random `tiny` "
+            "model the offline demo used before (issue 16). Feature space: a fixed 15-d colour/texture "
+            "descriptor (RGB mean and std, std of three Laplacian-pyramid bands; `tools/embedded_results.py`), "
+            "since no pretrained feature network is available offline. Generated: "
+            f"{args.per_level} patches per level, DDIM {args.steps} steps, guidance 2, conditioned on the training "
+            "store's SSL grids of that level; real: half-overlapping windows of the field of view at that "
+            "magnification, reduced to 256². Levels coarser than the image (0.625x and below) are omitted.",
+            "",
+            "| level | real crops | generated | FD trained | FD random | real mean RGB | trained mean RGB | "
+            "random mean RGB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"Command: `.venv/bin/python tools/embedded_results.py --work <work> --per-level {args.per_level} "
+            f"--steps {args.steps}` ({time.perf_counter() - started:.0f} s on this machine).",
+            "",
+        ]
+    )
+    out = args.out or args.work / "RESULTS_embedded.md"
+    out.write_text(text)
+    (args.work / "results.json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
