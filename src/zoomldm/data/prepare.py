@@ -561,7 +561,7 @@ def _open_or_create(
         diffs = [
             f"{key}.{name}: {old!r} in the store, {new!r} now"
             for key in ("identity", "encoder", "vae")
-            for name, old, new in _differences(
+            for name, old, new in setting_differences(
                 _comparable(existing.get(key), key), _comparable(attrs[key], key)
             )
         ]
@@ -577,12 +577,14 @@ def _open_or_create(
     return root
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def setting_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs between two JSON-like settings records (the
+    message of ``prepare`` and ``features`` when an output was made with other settings)."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [
             d
             for k in sorted(set(old) | set(new))
-            for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+            for d in setting_differences(old.get(k), new.get(k), f"{prefix}{k}.")
         ]
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 

@@ -493,11 +493,13 @@ def _record_settings(out: Path, settings: FeatureSettings, domain: str, pipe: An
     }
     path = out / SETTINGS_FILE
     if path.exists():
+        from ..data.prepare import setting_differences  # the one rule, shared with `prepare`
+
         previous = json.loads(path.read_text())
         diffs = [
             f"{name}: {old!r} → {new!r}"
             for key in record
-            for name, old, new in _differences(previous.get(key), record[key], f"{key}.")
+            for name, old, new in setting_differences(previous.get(key), record[key], f"{key}.")
         ]
         if diffs:
             raise OutputError(
@@ -506,17 +508,6 @@ def _record_settings(out: Path, settings: FeatureSettings, domain: str, pipe: An
             )
         return
     _write_json(path, {**record, "settings": asdict(settings), "zoomldm_version": _version()})
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old, new)`` for every leaf that differs between two JSON-like values."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            d
-            for k in sorted(set(old) | set(new))
-            for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")
-        ]
-    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def _is_encoder(encoder: Any) -> bool:
