@@ -187,7 +187,6 @@ class Cell:
     argv: Callable[[Files, Path], list[str]]  # (files, a fresh output folder) → argv
     names: tuple[str, ...]  # the message names one of these (file name or option)
     code: int = 2
-    xfail: str | None = None
     setup: Callable[[Files, Path], None] | None = field(default=None)
 
 
@@ -304,9 +303,7 @@ def mil_eval(f: Files, out: Path, models: str | None = None, labels: str | None 
 DAMAGED = ("empty", "random", "truncated")
 
 
-def _damaged_cells(
-    prefix: str, suffix: str, build: Callable[[Files, Path, str], list[str]], **kw
-) -> list[Cell]:
+def _damaged_cells(prefix: str, suffix: str, build: Callable[[Files, Path, str], list[str]]) -> list[Cell]:
     """missing / empty / random bytes / truncated / a folder, for one file argument."""
     cells = [
         Cell(
@@ -321,14 +318,9 @@ def _damaged_cells(
                 f"{prefix}-{kind}",
                 lambda f, o, kind=kind: build(f, o, str(f.bad(kind, suffix))),
                 (f"{kind}{suffix}",),
-                xfail=kw.get(kind),
             )
         )
-    cells.append(
-        Cell(
-            f"{prefix}-folder", lambda f, o: build(f, o, str(f.folder)), ("a_folder",), xfail=kw.get("folder")
-        )
-    )
+    cells.append(Cell(f"{prefix}-folder", lambda f, o: build(f, o, str(f.folder)), ("a_folder",)))
     return cells
 
 
@@ -973,16 +965,6 @@ CELLS: list[Cell] = [
     ),
 ]
 
-#: cells that fail today in another engineer's area: id → why and where to fix (the report of issue 12)
-XFAIL: dict[str, str] = {}  # cells that fail for a known reason (strict): none today
-
-
-def _params():
-    for cell in CELLS:
-        reason = XFAIL.get(cell.id) or cell.xfail
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        yield pytest.param(cell, id=cell.id, marks=marks)
-
 
 def _message(err: str) -> str:
     """The error text: from the ``error:`` line on, or typer's usage box (its text lines, frames removed)."""
@@ -999,7 +981,7 @@ def fresh_accelerate():
     reset_accelerate_state()
 
 
-@pytest.mark.parametrize("cell", list(_params()))
+@pytest.mark.parametrize("cell", CELLS, ids=[cell.id for cell in CELLS])
 def test_bad_input(
     cell: Cell, files: Files, tmp_path: Path, capsys, no_model_work, monkeypatch, fresh_accelerate
 ) -> None:

@@ -654,12 +654,7 @@ def _load_cdm(cdm, device):
 
         if not Path(cdm).exists():
             raise InputError(f"{cdm}: CDM checkpoint not found (train one with zoomldm train-cdm)")
-        try:
-            return load_cdm(cdm)[0].to(device).eval()
-        except ZoomLDMError as err:  # the message must name the file the user gave
-            if Path(cdm).name in str(err):
-                raise
-            raise type(err)(f"{Path(cdm).name}: {err}") from None
+        return load_cdm(cdm)[0].to(device).eval()  # its errors name the file (models.cdm)
     return cdm
 
 

@@ -188,17 +188,16 @@ def sample(
 def _embed_reference(path: Path, image, encoder: str, weights: str | None, device: str, channels: int):
     """The SSL grid of the reference region ``image`` (uint8 HWC, read from ``path`` by
     :func:`~zoomldm.io.images.load_image`), embedded tile by tile; non-finite embeddings name ``path``."""
-    from ..data.encoders import build_encoder, encode_region_grid
+    from ..data.encoders import encode_region_grid
     from ..errors import InputError, ZoomLDMError
+    from ..sampling.reference import build_ssl_encoder
 
     if image.shape[0] % 256 or image.shape[1] % 256:
         raise ZoomLDMError(
             f"{path.name} is {image.shape[1]}×{image.shape[0]}; a reference region must be a "
             "multiple of 256 px at base resolution (one embedding per 256² tile)"
         )
-    enc = build_encoder(encoder, weights=weights, device=device)
-    if enc.dim != channels:
-        raise ZoomLDMError(f"encoder {encoder} gives {enc.dim}-d embeddings, the model expects {channels}")
+    enc = build_ssl_encoder(encoder, weights, device, channels)  # the rule of generate --reference too
     try:
         return encode_region_grid(enc, image).cpu()
     except InputError as err:  # e.g. non-finite embeddings: say which image they came from

@@ -347,8 +347,8 @@ def load_official_cdm(
         preset = args["model"]
     try:
         config = infer_cdm_config(state, preset=preset, num_heads=num_heads)
-    except CheckpointError as err:  # e.g. a ZoomLDM checkpoint given as the CDM: say which file
-        raise CheckpointError(f"{path}: {err}") from err
+    except ZoomLDMError as err:  # e.g. a ZoomLDM checkpoint given as the CDM: say which file
+        raise type(err)(f"{path}: {err}") from err
     model = ConditioningDiT(**config)
     load_into(model, state, "cdm", hint=f" (in {path.name})")
     matched = [

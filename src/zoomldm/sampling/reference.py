@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from ..scales import Magnification
+from ..tensorfiles import count_nonfinite
 
 #: file suffixes read as a precomputed SSL grid (``[C, h, w]``); any other file is read as an image
 GRID_SUFFIXES = {".npy", ".pt", ".pth", ".safetensors"}
@@ -68,7 +69,7 @@ def check_grid(grid: Any, channels: int, what: str = "reference grid") -> torch.
         raise InputError(
             f"{what}: {grid.shape[0]} channels; this model expects {channels} (an embedding per base tile)"
         )
-    bad = int((~torch.isfinite(grid)).sum())
+    bad = count_nonfinite(grid)
     if bad:
         raise InputError(
             f"{what}: {bad} non-finite values (NaN/inf) in the SSL embeddings; recompute the grid"
@@ -122,7 +123,7 @@ def build_ssl_encoder(encoder: Any, weights: str | Path | None, device: Any, cha
         )
     if encoder.dim != channels:
         name = getattr(encoder, "name", type(encoder).__name__)
-        raise ConfigError(f"encoder {name} gives {encoder.dim}-d embeddings; the model expects {channels}")
+        raise ConfigError(f"encoder {name} gives {encoder.dim}-d embeddings, the model expects {channels}")
     return encoder
 
 
