@@ -103,3 +103,24 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = exit_.code if isinstance(exit_.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def chromium() -> str:
+    """Path of Chromium for the headless browser tests; installs the Debian package in CI (as root), else
+    skips the test with the reason."""
+    import os
+    import shutil
+    import subprocess
+
+    for name in ("chromium", "chromium-browser"):
+        if found := shutil.which(name):
+            return found
+    if os.environ.get("CI") and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium"], check=True, timeout=900, capture_output=True
+        )
+        if found := shutil.which("chromium"):
+            return found
+    pytest.skip(
+        "headless browser test needs Debian's `chromium` (apt-get install -y chromium); not installed here"
+    )

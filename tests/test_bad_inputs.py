@@ -712,6 +712,41 @@ CELLS: list[Cell] = [
         ("--port",),
     ),
     Cell("view-zoom-nan", lambda f, o: ["view", str(f.image), "--no-browser", "--zoom", "nan"], ("--zoom",)),
+    # -- view IMAGE --generate (the zoom explorer) ----------------------------------------------------------
+    Cell(
+        "view-generate-without-from",
+        lambda f, o: ["view", str(f.image), "--no-browser", "--port", "0", "--generate"],
+        ("--from",),
+    ),
+    Cell(
+        "view-from-without-generate",
+        lambda f, o: ["view", str(f.image), "--no-browser", "--port", "0", "--from", "5x"],
+        ("only with --generate",),
+    ),
+    Cell(
+        "view-generate-unknown-level",
+        lambda f, o: (
+            ["view", str(f.image), "--no-browser", "--port", "0", "--generate", "--from", "7x"]
+            + [*model(f), "--device", "cpu", "--cache", str(o / "cache")]
+        ),
+        ("--from",),
+    ),
+    Cell(
+        "view-generate-to-not-finer",
+        lambda f, o: (
+            ["view", str(f.image), "--no-browser", "--port", "0", "--generate", "--from", "5x"]
+            + ["--to", "2.5x", *model(f), "--device", "cpu", "--cache", str(o / "cache")]
+        ),
+        ("--to",),
+    ),
+    Cell(
+        "view-generate-missing-image",
+        lambda f, o: (
+            ["view", str(o / "missing.png"), "--no-browser", "--port", "0", "--generate"]
+            + ["--from", "5x", "--device", "cpu"]
+        ),
+        ("missing.png",),
+    ),
     # -- eval fid -----------------------------------------------------------------------------------------
     Cell(
         "eval-fid-real-missing",

@@ -1,4 +1,5 @@
-"""README.md's Python examples run as written, on the small compat model.
+"""README.md's Python examples run: the "Try it offline" block exactly as written (the embedded model, no
+substitution), the others on the small compat model.
 
 The ```python blocks are executed in order, in one namespace, in a folder that holds the files the README
 names (``brca/weights.ckpt`` is the compat checkpoint, ``region_4096.png`` a real H&E region of the size the
@@ -57,8 +58,22 @@ def substitutions(small_config: Path) -> list[tuple[str, str]]:
     ]
 
 
-def python_blocks(text: str) -> list[str]:
+#: the first line of the README blocks that run exactly as written (the embedded offline model)
+AS_WRITTEN = "# runs as written, offline"
+
+
+def all_python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def python_blocks(text: str) -> list[str]:
+    """The blocks that run on the compat model through the substitution table."""
+    return [b for b in all_python_blocks(text) if not b.startswith(AS_WRITTEN)]
+
+
+def offline_blocks(text: str) -> list[str]:
+    """The blocks that run as written: no substitution, no file of ours, in an empty folder."""
+    return [b for b in all_python_blocks(text) if b.startswith(AS_WRITTEN)]
 
 
 @pytest.fixture
@@ -118,3 +133,20 @@ def test_readme_python_examples_run(readme_files, small_config, tiny_encoder, mo
     assert (readme_files / "feats" / "brca_crop.h5").is_file()
     assert len(namespace["cv"].rows) == 3 and (readme_files / "mil" / "summary.csv").is_file()
     assert namespace["result"].step == 2 and namespace["tuned"].provenance["step"] == 2
+
+
+def test_readme_offline_example_runs_as_written(tmp_path, monkeypatch):
+    """A new user's first copy-paste: the embedded model on the bundled region, not one character changed."""
+    blocks = offline_blocks(README.read_text())
+    assert len(blocks) == 1
+    namespace: dict = {}
+    monkeypatch.chdir(tmp_path)  # nothing else there: the block needs no file of ours
+    with one_thread():
+        exec(compile(blocks[0], "README.md offline block", "exec"), namespace)
+    assert namespace["pipe"].config.ssl_channels == 64 and namespace["grid"].shape == (64, 4, 4)
+    assert namespace["patches"].shape == (2, 256, 256, 3)
+    assert namespace["large"].image.shape == (512, 512, 3) and namespace["large"].settings["guide"] == "10x"
+    assert namespace["sr"].image.shape == (512, 512, 3) and namespace["sr"].path is None
+    rgb = namespace["patches"].reshape(-1, 3).mean(0)  # the trained model: H&E colours (green lowest)
+    assert rgb[1] < rgb[0] - 15 and rgb[1] < rgb[2] - 15, rgb
+    assert not list(tmp_path.iterdir())  # without out= nothing is written

@@ -43,6 +43,24 @@ def descriptor(images: np.ndarray) -> np.ndarray:
     return torch.cat(feats, 1).numpy().astype(np.float64)
 
 
+def structure_coherence(image: np.ndarray, sigma: float = 8.0) -> float:
+    """Mean structure-tensor coherence of a uint8 RGB image's grey values, in [0, 1].
+
+    Gradients (Sobel, after a Gaussian of σ 1 px) form the tensor ``J`` smoothed at ``sigma``; the
+    coherence ``√((Jxx−Jyy)² + 4Jxy²) / (Jxx+Jyy)`` is 1 where one orientation dominates (stroma fibres,
+    nuclear outlines) and near 0 for isotropic texture. At 20x (0.5 µm/px) and σ = 8 px: 0.25-0.50 over ten
+    1024² regions of ``brca_001.jpeg``, 0.21 for the embedded model's demo large image (docs/embedded_model.md).
+    """
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    grey = np.asarray(Image.fromarray(image).convert("L"), dtype=np.float64)
+    grey = ndi.gaussian_filter(grey, 1.0)
+    gx, gy = ndi.sobel(grey, 1), ndi.sobel(grey, 0)
+    jxx, jyy, jxy = (ndi.gaussian_filter(a, sigma) for a in (gx * gx, gy * gy, gx * gy))
+    return float(np.mean(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-9)))
+
+
 def real_crops(image: np.ndarray, downsample: int, size: int = 256) -> np.ndarray:
     from PIL import Image
 

@@ -302,7 +302,8 @@ def resolve_checkpoint(spec: str | Path, config: str | None = None) -> Checkpoin
     """A local directory in our format, an official file, or a hub id (``org/name[/subfolder]``).
 
     Short names ``brca`` / ``naip`` mean the authors' published weights on the hub
-    (``StonyBrook-CVLab/ZoomLDM``, files ``<name>/weights.ckpt`` and ``<name>/config.yaml``).
+    (``StonyBrook-CVLab/ZoomLDM``, files ``<name>/weights.ckpt`` and ``<name>/config.yaml``); ``embedded``
+    the package's own offline model (:mod:`zoomldm.models.embedded`). A local path of that name wins.
     """
     text = str(spec)
     path = Path(text).expanduser()
@@ -323,6 +324,13 @@ def resolve_checkpoint(spec: str | Path, config: str | None = None) -> Checkpoin
             )
         sibling = path.parent / "config.yaml"
         return CheckpointSource("official", path, sibling if sibling.is_file() and config is None else None)
+    if text == "embedded":  # the package's embedded offline model (zoomldm.models.embedded), sha256-checked
+        from .models.embedded import embedded_model_path
+
+        local = embedded_model_path()
+        if local is None:
+            raise CheckpointError("embedded: this installation ships no embedded model (reinstall zoomldm)")
+        return CheckpointSource("ours", local)
     if text in {"brca", "naip"}:
         text = f"{HUB_REPO}/{text}"
     parts = text.split("/")
@@ -357,7 +365,8 @@ def _download_from_hub(repo_id: str, subfolder: str | None) -> CheckpointSource:
         reason = "HF_HUB_OFFLINE=1 and it is not in the local cache" if offline else type(err).__name__
         raise ZoomLDMError(
             f"could not get {repo_id}{'/' + subfolder if subfolder else ''} from the Hugging Face hub ({reason}); "
-            "download the checkpoint on a machine with internet and pass its local path"
+            "download the checkpoint on a machine with internet and pass its local path, or use the package's "
+            "embedded offline model: --checkpoint embedded"
         ) from None
     finally:
         hf_logging.set_verbosity(verbosity)

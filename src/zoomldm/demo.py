@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -29,41 +30,39 @@ from .pipeline import ZoomLDMPipeline
 DEMO_IMAGE = "brca_20x_1024.jpg"
 
 
-def load_demo_pipeline(
-    checkpoint: str, device: str, explicit: bool = False
-) -> tuple[ZoomLDMPipeline, object, str]:
+def load_demo_pipeline(checkpoint: str | None, device: str) -> tuple[ZoomLDMPipeline, object, str]:
     """The demo's model, its SSL encoder and which model it is (``"published"``, ``"embedded"``, ``"random"``).
 
-    The published checkpoint with UNI when it can be loaded. When it cannot (offline) and the user did not
-    name it (``explicit=False``: the default hub id), the package's own small trained model
-    (``zoomldm/assets/tiny_brca``, issue 16), and random weights of the same architecture only where an
-    installation ships none. A checkpoint the user named is never replaced by a stand-in: its error is
-    raised (exit 2), so a damaged or mistyped ``--checkpoint`` is not hidden behind a demo that "works".
+    ``checkpoint`` None: the package's one rule (:func:`zoomldm.models.embedded.default_checkpoint`):
+    ``$ZOOMLDM_CHECKPOINT``, else the published checkpoint with UNI when it is cached or the hub answers,
+    else the embedded offline model (``zoomldm/assets/tiny_brca``, issue 16) with one line saying so. The
+    published model, when chosen by that rule but not loadable here (e.g. UNI's gated weights), also gives
+    way to the embedded one, with one line. Random weights of the same architecture only where an
+    installation ships no embedded model. A checkpoint the user named (the argument or
+    ``$ZOOMLDM_CHECKPOINT``) is never replaced by a stand-in: its error is raised (exit 2), so a damaged or
+    mistyped ``--checkpoint`` is not hidden behind a demo that "works".
     """
     from .data.encoders import DOMAIN_ENCODERS, build_encoder
+    from .models.embedded import CHECKPOINT_ENV, default_checkpoint, is_embedded, load_embedded
 
-    try:
-        pipe = ZoomLDMPipeline.from_pretrained(checkpoint, device=device)
-        encoder = build_encoder(DOMAIN_ENCODERS[pipe.config.domain], device=device)
-        return pipe, encoder, "published"
-    except ZoomLDMError as err:
-        if explicit:
-            raise
-        reason = str(err)
-    # issue 16: offline, the package's own small trained model (zoomldm/assets/tiny_brca, MODEL_CARD.md)
-    # before random weights; None when this installation ships none
-    from .models.embedded import load_embedded
-
+    named = checkpoint is not None or bool(os.environ.get(CHECKPOINT_ENV))
+    chosen = default_checkpoint(checkpoint, log=print)  # offline: says so in one line
+    if not is_embedded(chosen):
+        try:
+            pipe = ZoomLDMPipeline.from_pretrained(chosen, device=device)
+            encoder = build_encoder(DOMAIN_ENCODERS[pipe.config.domain], device=device)
+            return pipe, encoder, "published"
+        except ZoomLDMError as err:
+            if named:
+                raise
+            reason = str(err)
+        print(f"note: {chosen} could not be loaded ({reason}); using the embedded offline model")
     embedded = load_embedded(device)
     if embedded is not None:
-        print(
-            f"no published checkpoint available ({reason}); using the embedded offline model (tiny, trained "
-            "on one H&E image: zoomldm/assets/tiny_brca/MODEL_CARD.md)"
-        )
         return embedded[0], embedded[1], "embedded"
     print(
-        f"no trained checkpoint available ({reason}); running the same pipeline on a small randomly "
-        "initialised model of the ZoomLDM architecture"
+        "no trained checkpoint available; running the same pipeline on a small randomly initialised model "
+        "of the ZoomLDM architecture"
     )
     pipe = ZoomLDMPipeline.from_config("tiny", seed=0).to(device=device)
     encoder = build_encoder(
@@ -78,22 +77,21 @@ def load_demo_pipeline(
 
 
 def run_demo(
-    checkpoint: str,
+    checkpoint: str | None,
     out: Path,
     steps: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     per_level: int = 2,
-    explicit: bool = False,
 ) -> dict:
-    """The main job (module docstring); ``explicit``: the user named ``checkpoint`` (no stand-in model)."""
+    """The main job (module docstring); ``checkpoint`` None: the default rule (:func:`load_demo_pipeline`)."""
     from .data.encoders import encode_region_grid
 
     if steps is not None and steps < 1:
         raise ZoomLDMError(f"--steps {steps}: must be at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe, encoder, kind = load_demo_pipeline(checkpoint, device, explicit=explicit)
+    pipe, encoder, kind = load_demo_pipeline(checkpoint, device)
     if pipe.device.type == "cuda":
         pipe.optimize()  # fused QKV + channels-last, as the sampling commands do by default on CUDA
     trained = kind != "random"

@@ -156,20 +156,24 @@ class ZoomLDMPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        checkpoint: str | Path,
+        checkpoint: str | Path | None = None,
         config: str | Path | None = None,
         ema: bool = True,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = torch.float32,
     ) -> ZoomLDMPipeline:
-        """Our format (a ``save_pretrained`` directory), an official file, or a hub id / ``brca`` / ``naip``."""
+        """Our format (a ``save_pretrained`` directory), an official file, a hub id / ``brca`` / ``naip``, or
+        ``embedded`` (the package's offline model). None: the package's default rule
+        (:func:`zoomldm.models.embedded.default_checkpoint`: ``$ZOOMLDM_CHECKPOINT``, else the published
+        BRCA model when cached or reachable, else the embedded model, with a one-line note)."""
         from diffusers import UNet2DConditionModel, VQModel
 
         from .checkpoints import resolve_checkpoint
         from .errors import CheckpointError
+        from .models.embedded import default_checkpoint
         from .tensorfiles import load_pretrained_component, read_json_object
 
-        src = resolve_checkpoint(checkpoint, config)
+        src = resolve_checkpoint(default_checkpoint(checkpoint), config)
         if src.kind == "official":
             return cls.from_official(src.path, config or src.config, ema=ema, device=device, dtype=dtype)
         # damaged files (garbled JSON, a truncated .safetensors, a missing sub-folder) are one-line
@@ -430,7 +434,7 @@ class ZoomLDMPipeline:
         region: tuple[int, int, int, int] | None = None,
         out: str | Path | None = None,
         cdm: str | Path | Any | None = None,
-        encoder: str | Any = "uni",
+        encoder: str | Any | None = None,
         encoder_weights: str | Path | None = None,
         config: JointSamplingConfig | None = None,
         postprocess: PostprocessConfig | bool | None = True,
@@ -466,11 +470,13 @@ class ZoomLDMPipeline:
                 or a :class:`~zoomldm.models.cdm.ConditioningDiT`.
             guide_steps: PLMS steps of the CDM-conditioned guide patch (reference-free only).
             encoder, encoder_weights: SSL encoder of an image reference: a name (``uni``, ``dinov2``,
-                ``timm:<name>``) with a local weights file, or an encoder object.
+                ``timm:<name>``, ``embedded``) with a local weights file, or an encoder object. None: the
+                model's own (``embedded`` for the embedded offline model, else ``uni``).
             config, postprocess, decode, inversion: the settings dataclasses (official defaults;
                 ``postprocess=False`` skips seam removal).
             seed: seed of every noise draw. compression: TIFF tiles (``jpeg``, ``zlib``, ``none``).
-            resume: save the state after each step beside ``out`` and continue from it on a rerun.
+            resume: continue an interrupted run from its state beside ``out`` (the last finished canvas
+                block of the joint stage, the last finished post-processing step).
             overwrite: replace an existing ``out`` (False: refuse it with an ``OutputError``, the CLI's
                 default without ``--overwrite``).
             live_unet: the live UNet, needed only with ``post_live_weights=True``.
@@ -484,7 +490,7 @@ class ZoomLDMPipeline:
 
         Returns:
             :class:`~zoomldm.sampling.joint.LargeImageResult`: ``image`` (uint8 ``[H, W, 3]`` or None),
-            ``path``, ``guide_image``, ``latent``, ``metrics`` (constraint PSNR / MAE vs the guide) and
+            ``path``, ``guide_image``, ``latent`` (None above 8192² pixels), ``metrics`` (constraint PSNR / MAE vs the guide) and
             ``settings`` (the record written to ``<stem>.json``).
         """
         from .sampling.joint import generate_large_image, plan_stages
@@ -527,7 +533,7 @@ class ZoomLDMPipeline:
         return generate_large_image(
             self,
             grid,
-            guide=stages[0].guide,
+            guide=gmag,  # None: chosen there from size, or a coarse canvas past one guide patch (.coarse)
             target=plan.target,
             size=size,
             region=region,
@@ -629,6 +635,16 @@ class ZoomLDMPipeline:
             resume=resume,
             progress=progress,
         )
+
+    def plan_large(self, command: str = "generate", **request: Any):
+        """The plan of a :meth:`generate_large` (``command="generate"``) or :meth:`super_resolve`
+        (``"superres"``, with ``input_shape=(H, W)`` and ``from_magnification``) request without doing it:
+        stages, tiles, blocks, UNet rows, VQ passes, disk, peak host and GPU memory and time on this
+        pipeline's device (:func:`zoomldm.sampling.plan.plan_large`; ``zoomldm generate --dry-run``).
+        Settings go by CLI name as for the two methods, plus ``schedule`` and ``out``."""
+        from .sampling.plan import plan_large
+
+        return plan_large(self, command=command, **request)
 
 
 def _shape_text(ref) -> str:

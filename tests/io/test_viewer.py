@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _fixtures import chromium
 from zoomldm.io import save_png, serve, write_tiff
 from zoomldm.io.viewer import STATIC_DIR
 
@@ -111,28 +110,12 @@ def test_cli_view_serves_until_stopped(he_tiff, tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def _chromium() -> str:
-    """Path of Chromium; installs the Debian package in CI (as root), else skips with the reason."""
-    for name in ("chromium", "chromium-browser"):
-        if found := shutil.which(name):
-            return found
-    if os.environ.get("CI") and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "chromium"], check=True, timeout=900, capture_output=True
-        )
-        if found := shutil.which("chromium"):
-            return found
-    pytest.skip(
-        "headless browser test needs Debian's `chromium` (apt-get install -y chromium); not installed here"
-    )
-
-
 def test_page_loads_zooms_and_shows_the_image_in_headless_chromium(he_tiff, he_2048, tmp_path):
-    chromium = _chromium()
+    browser = chromium()
     shot = tmp_path / "shot.png"
     with serve(he_tiff, port=0) as server:
         command = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,600", "--virtual-time-budget=5000",
             f"--screenshot={shot}", server.url + "?zoom=4",

@@ -92,11 +92,11 @@ def test_generate_checks_the_reference_image_size(model_args, data_dir, capsys):
     assert code == 2 and "needs the 128² region" in err
 
 
-def test_reference_free_generation_with_a_cdm(area_pipe):
+def test_reference_free_generation_with_a_cdm(trained_vq_pipe):
     # SPEC §12 extension: CDM tokens → guide patch → condition inversion → constrained tiles under it
     cdm = ConditioningDiT(token_dim=64, hidden_size=32, depth=1, num_heads=2, num_magnifications=8)
     result = generate_large_image(
-        area_pipe,
+        trained_vq_pipe,
         None,
         guide="10x",
         cdm=cdm,
@@ -112,7 +112,7 @@ def test_reference_free_generation_with_a_cdm(area_pipe):
     assert result.latent.shape == (3, 32, 32)
     with pytest.raises(ZoomLDMError, match="64-d"):  # a CDM of another model's token width
         generate_large_image(
-            area_pipe,
+            trained_vq_pipe,
             None,
             guide="10x",
             cdm=ConditioningDiT(token_dim=32, depth=1, hidden_size=32, num_heads=2),

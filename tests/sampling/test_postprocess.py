@@ -14,10 +14,10 @@ GRID = torch.randn(32, 2, 2, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module")
-def reference(area_pipe):
+def reference(trained_vq_pipe):
     # t0 = 50: one step; window 16 (one latent tile), stride 4 → 5×5 = 25 windows
     return postprocess_latent(
-        area_pipe, CANVAS, GRID, config=PostprocessConfig(t0=50), seed=0, progress=False
+        trained_vq_pipe, CANVAS, GRID, config=PostprocessConfig(t0=50), seed=0, progress=False
     )
 
 
@@ -28,9 +28,9 @@ def test_shape_and_content_kept_at_low_noise(reference):
     assert corr > 0.8 and (reference - CANVAS).abs().mean() > 1e-2
 
 
-def test_chunking_and_condition_cache_do_not_change_the_result(area_pipe, reference):
+def test_chunking_and_condition_cache_do_not_change_the_result(trained_vq_pipe, reference):
     other = postprocess_latent(
-        area_pipe,
+        trained_vq_pipe,
         CANVAS,
         GRID,
         config=PostprocessConfig(t0=50, window_batch=7, context_cache_mib=0),
@@ -39,28 +39,30 @@ def test_chunking_and_condition_cache_do_not_change_the_result(area_pipe, refere
     )
     assert torch.allclose(other, reference, atol=1e-4)
     assert not torch.allclose(
-        postprocess_latent(area_pipe, CANVAS, GRID, config=PostprocessConfig(t0=50), seed=1, progress=False),
+        postprocess_latent(
+            trained_vq_pipe, CANVAS, GRID, config=PostprocessConfig(t0=50), seed=1, progress=False
+        ),
         reference,
         atol=1e-2,
     )
 
 
-def test_live_weights_option(area_pipe, reference, small_checkpoint, small_config):
+def test_live_weights_option(trained_vq_pipe, reference, small_checkpoint, small_config):
     cfg = PostprocessConfig(t0=50, use_live_weights=True)
     with pytest.raises(ZoomLDMError, match="live UNet"):
-        postprocess_latent(area_pipe, CANVAS, GRID, config=cfg, progress=False)
+        postprocess_latent(trained_vq_pipe, CANVAS, GRID, config=cfg, progress=False)
     live = ZoomLDMPipeline.from_official(small_checkpoint, config=small_config, ema=False).unet
-    out = postprocess_latent(area_pipe, CANVAS, GRID, config=cfg, unet=live, seed=0, progress=False)
+    out = postprocess_latent(trained_vq_pipe, CANVAS, GRID, config=cfg, unet=live, seed=0, progress=False)
     assert out.shape == CANVAS.shape and (out - reference).abs().max() > 1e-3  # EMA vs live weights differ
 
 
-def test_bad_canvases_and_settings(area_pipe):
+def test_bad_canvases_and_settings(trained_vq_pipe):
     with pytest.raises(ZoomLDMError, match="whole 16-px tiles"):
-        postprocess_latent(area_pipe, torch.zeros(3, 24, 32), GRID, progress=False)
+        postprocess_latent(trained_vq_pipe, torch.zeros(3, 24, 32), GRID, progress=False)
     with pytest.raises(ZoomLDMError, match="does not match"):
-        postprocess_latent(area_pipe, CANVAS, torch.zeros(32, 3, 3), progress=False)
+        postprocess_latent(trained_vq_pipe, CANVAS, torch.zeros(32, 3, 3), progress=False)
     with pytest.raises(ZoomLDMError, match="smaller than the window"):
-        postprocess_latent(area_pipe, CANVAS, GRID, config=PostprocessConfig(window=40), progress=False)
+        postprocess_latent(trained_vq_pipe, CANVAS, GRID, config=PostprocessConfig(window=40), progress=False)
     with pytest.raises(ZoomLDMError, match="interp"):
         PostprocessConfig(interp="cubic")
     with pytest.raises(ZoomLDMError, match="must not exceed"):

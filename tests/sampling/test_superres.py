@@ -43,14 +43,16 @@ def test_superres_end_to_end(compat_pipe, lr64, tmp_path):
     assert (tmp_path / "sr_guide.png").is_file() and (tmp_path / "sr.json").is_file()
 
 
-def test_superres_constraint_brings_the_output_to_the_input(area_pipe, lr64):
-    # unconstrained vs constrained tiles from the same noise and inverted conditions (no post-processing)
+def test_superres_constraint_brings_the_output_to_the_input(trained_vq_pipe, lr64):
+    # unconstrained vs constrained tiles from the same noise and inverted conditions (no post-processing),
+    # two outer steps through the trained VQ-f4: at least +0.8 dB and −8% MAE against the input (measured:
+    # +1.2 to +1.4 dB, −12 to −15% over seeds 0-3)
     runs = [
         super_resolve(
-            area_pipe,
+            trained_vq_pipe,
             lr64,
             "10x",
-            config=SRConfig(t0=50, inner_steps=n),
+            config=SRConfig(t0=100, inner_steps=n),
             inversion=InversionConfig(steps=2),
             postprocess=False,
             seed=0,
@@ -58,7 +60,7 @@ def test_superres_constraint_brings_the_output_to_the_input(area_pipe, lr64):
         ).metrics["output"]
         for n in (0, 2)
     ]
-    assert runs[1]["psnr"] >= runs[0]["psnr"] + 0.7 and runs[1]["mae"] <= 0.92 * runs[0]["mae"]
+    assert runs[1]["psnr"] >= runs[0]["psnr"] + 0.8 and runs[1]["mae"] <= 0.92 * runs[0]["mae"]
 
 
 def test_authors_display_copy_is_a_whole_number_of_patches(data_dir):

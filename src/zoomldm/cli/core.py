@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from ..devices import apply_speed_settings, resolve_device, resolve_rank_device  # noqa: F401 (re-exported)
+from ..models.embedded import CHECKPOINT_ENV, EMBEDDED, default_checkpoint
+from ..models.embedded import PUBLISHED as DEFAULT_CHECKPOINT
 
-DEFAULT_CHECKPOINT = "StonyBrook-CVLab/ZoomLDM/brca"
-CHECKPOINT_ENV = "ZOOMLDM_CHECKPOINT"
+#: what ``--checkpoint`` omitted means, for every model command's help
+DEFAULT_RULE = (
+    f"default: ${CHECKPOINT_ENV}, else {DEFAULT_CHECKPOINT} when cached or reachable, else the embedded "
+    f"offline model; '{EMBEDDED}' names that one"
+)
 
 
 #: ``--optimize/--no-optimize`` and ``--compile``, shared by every sampling command
@@ -80,8 +84,7 @@ def sample(
     checkpoint: str = typer.Option(
         None,
         "--checkpoint",
-        help=f"our format dir, an official file, or a hub id "
-        f"(default: ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT})",
+        help=f"our format dir, an official file, a hub id, or {EMBEDDED} ({DEFAULT_RULE})",
     ),
     config: str = typer.Option(None, "--config", "-c", help="preset or yaml for an official checkpoint"),
     magnification: str = typer.Option(
@@ -101,7 +104,10 @@ def sample(
     ),
     cdm_steps: int = typer.Option(200, "--cdm-steps", help="DDIM steps of the CDM (authors: 200)"),
     encoder: str = typer.Option(
-        "uni", "--encoder", help="SSL encoder for --reference (uni, dinov2, timm:<name>)"
+        None,
+        "--encoder",
+        help="SSL encoder for --reference (uni, dinov2, timm:<name>; default: the model's: uni, or the "
+        "embedded model's own)",
     ),
     encoder_weights: str = typer.Option(
         None,
@@ -158,8 +164,9 @@ def sample(
     # the reference is decoded before the (slow) model loading, so damaged pixel data fails fast
     image = load_image(reference, "reference image") if reference is not None else None
     device = resolve_device(device)
+    checkpoint = model_checkpoint(checkpoint)
     pipe = ZoomLDMPipeline.from_pretrained(
-        _checkpoint(checkpoint), config=config, ema=not live, device=device, dtype=dtype
+        checkpoint, config=config, ema=not live, device=device, dtype=dtype
     )
     apply_speed_settings(pipe, optimize, compile)
     mag = pipe.magnification(magnification)
@@ -171,7 +178,16 @@ def sample(
     if ssl is not None:
         grid = load_ssl_grid(ssl, channels=pipe.config.ssl_channels)
     else:
-        grid = _embed_reference(reference, image, encoder, encoder_weights, device, pipe.config.ssl_channels)
+        from ..sampling.reference import default_encoder
+
+        grid = _embed_reference(
+            reference,
+            image,
+            encoder or default_encoder(pipe),
+            encoder_weights,
+            device,
+            pipe.config.ssl_channels,
+        )
     result = pipe(
         ssl=grid,
         magnification=mag,
@@ -185,7 +201,7 @@ def sample(
     _write_patches(out, result)
 
 
-def _embed_reference(path: Path, image, encoder: str, weights: str | None, device: str, channels: int):
+def _embed_reference(path: Path, image, encoder, weights: str | None, device: str, channels: int):
     """The SSL grid of the reference region ``image`` (uint8 HWC, read from ``path`` by
     :func:`~zoomldm.io.images.load_image`), embedded tile by tile; non-finite embeddings name ``path``."""
     from ..data.encoders import encode_region_grid
@@ -249,9 +265,7 @@ def _write_patches(out: Path, result) -> None:
 
 
 def demo(
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help=f"default: ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT}"
-    ),
+    checkpoint: str = typer.Option(None, "--checkpoint", help=DEFAULT_RULE),
     out: Path = typer.Option(Path("outputs/demo"), "--out"),
     steps: int = typer.Option(None, "--steps", help="default 50 (10 for a random stand-in model)"),
     seed: int = typer.Option(0, "--seed"),
@@ -265,11 +279,10 @@ def demo(
     """
     from ..demo import run_demo
 
-    explicit = checkpoint is not None or bool(os.environ.get(CHECKPOINT_ENV))  # named: no stand-in model
-    run_demo(
-        _checkpoint(checkpoint), out, steps=steps, seed=seed, device=resolve_device(device), explicit=explicit
-    )
+    run_demo(checkpoint, out, steps=steps, seed=seed, device=resolve_device(device))
 
 
-def _checkpoint(value: str | None) -> str:
-    return value or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
+def model_checkpoint(value: str | None) -> str:
+    """``--checkpoint`` of a model command by the package's one rule
+    (:func:`zoomldm.models.embedded.default_checkpoint`); its one-line note goes to stderr."""
+    return str(default_checkpoint(value, log=lambda line: typer.echo(line, err=True)))

@@ -26,8 +26,8 @@ def features(
     checkpoint: str = typer.Option(
         None,
         "--checkpoint",
-        help="our model dir, an official .ckpt, a hub id, or brca / naip (default: brca; with --config: "
-        "random weights)",
+        help="our model dir, an official .ckpt, a hub id, brca / naip, or embedded (the offline model, with its "
+        "own encoder) (default: $ZOOMLDM_CHECKPOINT, else brca; with --config: random weights)",
     ),
     config: str = typer.Option(
         None,
@@ -95,7 +95,7 @@ def features(
         slides_dir,
         out,
         checkpoint,
-        encoder,
+        encoder,  # None: the model's own (data.loading.encoder_for_model)
         settings,
         progress=progress,
         log=log,

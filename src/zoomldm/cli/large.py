@@ -5,13 +5,19 @@ they parse the options, load the model, call the method (the settings go by the 
 :data:`zoomldm.sampling.settings.OPTIONS`) and print. Every hyper-parameter has the official value as default.
 The output is a PNG up to 2048² pixels and a pyramidal TIFF (written tile by tile) above, unless ``--out``
 names the file; ``<stem>_guide.png`` and ``<stem>.json`` (metrics, settings) are written beside it.
+
+Before the model is loaded, both commands plan the run from the model's configuration
+(:func:`zoomldm.sampling.plan.plan_large`): ``--dry-run`` prints the plan (cascade, tiles, blocks, UNet
+rows, VQ passes, disk, peak host and GPU memory, time) and exits; without it the plan's lower bounds are
+checked, so a run that would not fit on the disk or in memory is refused in one line. ``--schedule
+official|fast`` picks a preset of outer steps and Newton iterations
+(:data:`zoomldm.sampling.settings.SCHEDULES`); ``--stride`` / ``--inner-steps`` given override it.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +25,13 @@ from typing import Any
 
 import typer
 
+from ..devices import resolve_rank_device  # cuda:LOCAL_RANK under torchrun: blocks are sharded over ranks
 from .core import (
     CHECKPOINT_ENV,
     COMPILE_OPTION,
     DEFAULT_CHECKPOINT,
     OPTIMIZE_OPTION,
     apply_speed_settings,
-    resolve_device,
 )
 
 PNG_MAX_SIDE = 2048
@@ -55,6 +61,26 @@ def _shared_options(inner_steps: int, inner_help: str) -> list[tuple[str, Any, A
             ),
         ),
         ("config", str | None, opt(None, "--config", "-c", help="preset or yaml for an official checkpoint")),
+        (
+            "schedule",
+            str,
+            opt(
+                "official",
+                "--schedule",
+                help="official (the defaults below) or fast (stride 100: 10 steps, 5 Newton iterations; a "
+                "cost/constraint trade-off, docs/large_images.md); --stride/--inner-steps given override it",
+            ),
+        ),
+        (
+            "dry_run",
+            bool,
+            opt(
+                False,
+                "--dry-run",
+                help="print the plan (cascade, tiles, blocks, UNet rows, VQ passes, disk, peak host/GPU "
+                "memory, time) without loading weights or sampling; exit 2 if disk or memory would not do",
+            ),
+        ),
         ("t0", int, opt(1000, "--t0", help="first timestep of constrained sampling")),
         ("stride", int, opt(50, "--stride", help="timestep stride (20 steps for 1000/50)")),
         (
@@ -139,6 +165,8 @@ class LargeImageOptions:
 
     checkpoint: str | None
     config: str | None
+    schedule: str
+    dry_run: bool
     t0: int
     stride: int
     guidance_w: float
@@ -169,13 +197,22 @@ class LargeImageOptions:
     no_resume: bool
     overwrite: bool
     compression: str
+    #: the options given on the command line (the rest have their default values): a --schedule preset
+    #: sets only the options not given
+    given: frozenset[str] = frozenset()
+    #: the checkpoint the plan read (:func:`_checkpoint`)
+    resolved_checkpoint: str | None = None
 
     def load(self):
         """Resolve the device and load the pipeline (EMA unless ``--live``): ``(checkpoint id, pipeline)``."""
         from ..pipeline import ZoomLDMPipeline
 
-        self.device = resolve_device(self.device)
-        ckpt = self.checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
+        self.device = resolve_rank_device(self.device)
+        from .core import model_checkpoint  # the package's one default-model rule (models.embedded)
+
+        if self.resolved_checkpoint is None:  # once per run: its offline note is printed once
+            self.resolved_checkpoint = model_checkpoint(self.checkpoint)
+        ckpt = self.resolved_checkpoint
         pipe = ZoomLDMPipeline.from_pretrained(
             ckpt, config=self.config, ema=not self.live, device=self.device, dtype=self.dtype
         )
@@ -197,14 +234,50 @@ class LargeImageOptions:
     def sampling_options(self) -> dict[str, Any]:
         """The settings as the pipeline methods take them (by option name; see
         :func:`zoomldm.sampling.settings.large_image_settings`) and the run options."""
-        from ..sampling.settings import FLAGS, OPTIONS
+        from ..sampling.settings import FLAGS, OPTIONS, schedule_options
 
+        preset = schedule_options(self.schedule)
         values = {name: getattr(self, name) for name in (*OPTIONS, *FLAGS)}
+        values = {k: v for k, v in values.items() if k not in preset or k in self.given}  # the preset's value
         values["tile_batch"] = _parse_tile_batch(self.tile_batch)
         run = dict(
-            seed=self.seed, compression=self.compression, resume=not self.no_resume, overwrite=self.overwrite
+            seed=self.seed,
+            compression=self.compression,
+            resume=not self.no_resume,
+            overwrite=self.overwrite,
+            schedule=self.schedule,
         )
         return dict(values, **run)
+
+    def plan(self, command: str, out: Path | None, **request: Any):
+        """The run's plan (:func:`zoomldm.sampling.plan.plan_large`) from the configuration only: printed
+        and checked with ``--dry-run`` (then exit), otherwise only checked, so that a run whose disk or
+        memory would not suffice is refused before the model is loaded."""
+        from ..sampling.plan import plan_large
+
+        options = self.sampling_options()
+        for name in ("seed", "resume", "overwrite"):
+            options.pop(name)
+        plan = plan_large(
+            _checkpoint(self),
+            command=command,
+            config=self.config,
+            out=out,
+            device=str(resolve_rank_device(self.device)),
+            dtype=self.dtype,
+            live_weights=self.post_live_weights,
+            calibrate=self.dry_run,
+            trace=self.dry_run,  # a real run checks lower bounds: no network runs before its inputs are read
+            **request,
+            **options,
+        )
+        if self.dry_run:
+            for line in plan.lines():
+                typer.echo(line)
+            plan.check()
+            raise typer.Exit(0)
+        plan.check()
+        return plan
 
 
 def with_large_image_options(inner_steps: int, inner_help: str) -> Callable[[Callable], Callable]:
@@ -224,7 +297,7 @@ def with_large_image_options(inner_steps: int, inner_help: str) -> Callable[[Cal
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
-            opts = LargeImageOptions(**{name: kwargs.pop(name) for name in names})
+            opts = LargeImageOptions(**{name: kwargs.pop(name) for name in names}, given=_given(names))
             return func(**kwargs, opts=opts)
 
         params = own + extra
@@ -234,6 +307,30 @@ def with_large_image_options(inner_steps: int, inner_help: str) -> Callable[[Cal
         return command
 
     return wrap
+
+
+def _given(names: list[str]) -> frozenset[str]:
+    """The options among ``names`` that the command line set (the parameter source of the running
+    command's context), so that a ``--schedule`` preset does not override them but does override the
+    defaults. Outside a command line every option counts as given."""
+    ctx = _current_context()
+    if ctx is None:
+        return frozenset(names)
+    given = set()
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(name)
+    return frozenset(given)
+
+
+def _current_context():
+    """The running command's context: typer's own click (typer ≥ 0.20 vendors it) or click's."""
+    try:
+        from typer._click.globals import get_current_context  # type: ignore[import-not-found]
+    except ImportError:
+        from click import get_current_context
+    return get_current_context(silent=True)
 
 
 def _parse_tile_batch(text: str) -> int | str:
@@ -266,6 +363,54 @@ def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
 
 def _default_out(name: str, side: int) -> Path:
     return Path("outputs") / f"{name}.{'png' if side <= PNG_MAX_SIDE else 'tif'}"
+
+
+def _checkpoint(opts: LargeImageOptions) -> str:
+    """The checkpoint the run would load, by the same rule as :meth:`LargeImageOptions.load` (resolved
+    once per command: the rule may print a note)."""
+    from .core import model_checkpoint
+
+    if opts.resolved_checkpoint is None:
+        opts.resolved_checkpoint = model_checkpoint(opts.checkpoint)
+    return opts.resolved_checkpoint
+
+
+def _reference_guide(opts: LargeImageOptions, reference: Path | None, target: str | None, size: int | None):
+    """The guide a reference file implies when neither --guide nor --size is given (for the plan)."""
+    if reference is None or size is not None:
+        return None
+    from ..sampling.plan import guide_for_reference
+
+    found = guide_for_reference(_checkpoint(opts), reference, target, opts.config)
+    return None if found is None else found.name
+
+
+def _planned_out(opts, guide, target, size, regions) -> Path:
+    """The default output name of ``generate`` (as chosen after loading, from the configuration only)."""
+    if guide is None and size is None:
+        return Path("outputs") / f"large_seed{opts.seed}.tif"
+    from ..sampling.plan import plan_geometry
+
+    stages = plan_geometry(
+        _checkpoint(opts), opts.config, guide=guide, target=target, size=size, region=regions
+    )
+    name = f"large_{stages[0].guide.key}_{stages[-1].target.key}_seed{opts.seed}"
+    return _default_out(name, max(stages[-1].height, stages[-1].width))
+
+
+def _whole_patches(opts: LargeImageOptions, shape: tuple[int, ...]) -> bool:
+    from ..sampling.plan import model_spec
+
+    tile = model_spec(_checkpoint(opts), opts.config).config.image_size
+    return not (shape[0] % tile or shape[1] % tile)
+
+
+def _planned_sr_out(opts: LargeImageOptions, lr_image: Path, request: dict[str, Any]) -> Path:
+    """The default output name of ``superres`` (as chosen after loading, from the configuration only)."""
+    from ..sampling.plan import plan_geometry
+
+    (stage,) = plan_geometry(_checkpoint(opts), opts.config, command="superres", **request)
+    return _default_out(f"{lr_image.stem}_{stage.target.key}_seed{opts.seed}", max(stage.height, stage.width))
 
 
 def _report(result) -> None:
@@ -304,7 +449,12 @@ def generate(
         "outputs/large_seed<N>.tif when the guide is taken from the reference)",
     ),
     cdm: Path = typer.Option(None, "--cdm", help="CDM checkpoint for reference-free generation"),
-    encoder: str = typer.Option("uni", "--encoder", help="SSL encoder for an image --reference"),
+    encoder: str = typer.Option(
+        None,
+        "--encoder",
+        help="SSL encoder for an image --reference (uni, dinov2, timm:<name>, embedded; default: the "
+        "model's own: embedded for the embedded model, else uni)",
+    ),
     encoder_weights: str = typer.Option(
         None, "--encoder-weights", help="local encoder weights ('random': tests)"
     ),
@@ -315,13 +465,21 @@ def generate(
     from ..sampling.joint import plan_stages
     from ..sampling.levels import parse_level
 
-    if (
-        reference is not None
-    ):  # missing / empty inputs and unwritable outputs: refused before loading the model
+    # missing / empty inputs and unwritable outputs: refused before loading the model
+    if reference is not None:
         check_input(reference, "--reference")
     if out is not None:
         check_output(out, "--out", overwrite=opts.overwrite)
     regions = _parse_region(region)
+    opts.plan(
+        "generate",
+        out or _planned_out(opts, guide, target, size, regions),
+        guide=guide or _reference_guide(opts, reference, target, size),
+        target=target,
+        size=size,
+        region=regions,
+        reference_free=reference is None and cdm is not None,
+    )
     ckpt, pipe = opts.load()
     gmag = parse_level(pipe, guide, "--guide") if guide is not None else None  # parsed once, here
     tmag = parse_level(pipe, target, "--to") if target is not None else None
@@ -373,6 +531,9 @@ def superres(
     if out is not None:
         check_output(out, "--out", overwrite=opts.overwrite)
     regions = _parse_region(region)
+    request = dict(input_shape=image.shape[:2], from_magnification=source, target=target, region=regions)
+    if _whole_patches(opts, image.shape[:2]):  # else super_resolve names the file and what is wrong
+        opts.plan("superres", out or _planned_sr_out(opts, lr_image, request), **request)
     ckpt, pipe = opts.load()
     source = parse_level(pipe, source, "--from")  # parsed once, here
     tmag = parse_level(pipe, target, "--to") if target is not None else None

@@ -27,7 +27,7 @@ def prepare(
     encoder: str = typer.Option(
         None,
         "--encoder",
-        help="uni, dinov2_vitl14_reg or timm:<name> (default: the domain's; with --config and no "
+        help="uni, dinov2_vitl14_reg, timm:<name> or embedded (default: the domain's; with --config and no "
         "--checkpoint: a random timm ViT of the model's SSL width)",
     ),
     encoder_weights: str = typer.Option(
@@ -39,8 +39,8 @@ def prepare(
     checkpoint: str = typer.Option(
         None,
         "--checkpoint",
-        help="VQ source: our model dir, an official .ckpt or a "
-        "hub id (default: the published brca / naip weights)",
+        help="VQ source: our model dir, an official .ckpt, a hub id, or embedded (the offline model, with "
+        "its own encoder) (default: $ZOOMLDM_CHECKPOINT, else the published brca / naip weights)",
     ),
     config: str = typer.Option(
         None,
@@ -99,7 +99,7 @@ def prepare(
         store,
         domain=domain,
         levels=_parse_levels(levels),
-        encoder=encoder,
+        encoder=encoder,  # None: the model's own (data.loading.encoder_for_model)
         encoder_weights=encoder_weights,
         encoder_options=dict(parse_option(o) for o in encoder_option or []),
         checkpoint=checkpoint,

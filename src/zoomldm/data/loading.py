@@ -9,7 +9,10 @@ One rule for both commands (so the same flags mean the same thing):
   tests and demos). The SSL encoder then defaults to a random 2-block timm ViT of the width the model's
   Summarizer takes, so ``prepare --config tiny`` makes a store that ``train`` with ``configs/train_tiny.yaml``
   accepts (with the published encoder, UNI's 1024-d grids would not fit the tiny model's 64-d input);
-* neither: the published weights of the domain (``brca`` / ``naip``).
+* neither: ``$ZOOMLDM_CHECKPOINT``, else the published weights of the domain (``brca`` / ``naip``) — the
+  package's default rule (:func:`zoomldm.models.embedded.default_checkpoint`) without its offline fallback to
+  the embedded model: a store or features belong to the model that made them, so the network state must not
+  pick it. ``checkpoint="embedded"`` names the embedded model, ``encoder="embedded"`` its own SSL encoder.
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ def load_pipeline(
         if log is not None:
             log(f"note: random weights of config {str(config)!r}, seed {seed} (for tests and demos only)")
         return ZoomLDMPipeline.from_config(str(config), seed=seed).to(device=device, dtype=dtype)
-    source = str(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT[domain]
+    from ..models.embedded import default_checkpoint
+
+    source = str(default_checkpoint(checkpoint, published=DEFAULT_CHECKPOINT[domain], fallback=False))
     return ZoomLDMPipeline.from_pretrained(
         source,
         config=str(config) if config is not None else None,
@@ -90,6 +95,16 @@ def load_pipeline(
         device=device,
         dtype=dtype or "float32",
     )
+
+
+def encoder_for_model(encoder: str | SSLEncoder | None, pipe: Any) -> str | SSLEncoder | None:
+    """``encoder``, or, when none is named and ``pipe`` is the embedded offline model, ``"embedded"`` (its
+    Summarizer was trained on its own encoder's 64-d grids; :func:`zoomldm.sampling.reference.default_encoder`)."""
+    if encoder is not None or pipe is None:
+        return encoder
+    from ..sampling.reference import default_encoder
+
+    return "embedded" if default_encoder(pipe) == "embedded" else None
 
 
 def load_encoder(
@@ -111,7 +126,8 @@ def load_encoder(
     (``random_model``): a random :data:`RANDOM_ENCODER` of width ``ssl_channels`` (seeded by ``seed``).
 
     Args:
-        encoder: an encoder object, a name (``uni``, ``dinov2_vitl14_reg``, ``timm:<name>``) or None.
+        encoder: an encoder object, a name (``uni``, ``dinov2_vitl14_reg``, ``timm:<name>``, ``embedded``:
+            the embedded model's own) or None.
         weights: a local weights file, or ``"random"``.
         options: timm keyword arguments (e.g. ``embed_dim``).
     """
@@ -121,6 +137,10 @@ def load_encoder(
 
     if isinstance(encoder, SSLEncoder):
         return encoder.to(device)
+    if encoder == "embedded":  # the embedded offline model's own encoder (zoomldm.models.embedded)
+        from ..models.embedded import embedded_encoder
+
+        return embedded_encoder(device, dtype)
     options = dict(options or {})
     if encoder is None and random_model and ssl_channels is not None:
         heads = 2 if ssl_channels % 2 == 0 else 1

@@ -247,6 +247,7 @@ def prepare(
     from .loading import (
         DEFAULT_CHECKPOINT,
         autocast_dtype,
+        encoder_for_model,
         is_random,
         load_encoder,
         load_pipeline,
@@ -280,7 +281,7 @@ def prepare(
 
     random_model = is_random(checkpoint, config)
     if isinstance(checkpoint, torch.nn.Module):  # a VQ autoencoder given directly
-        vae, model_info, ssl_channels = checkpoint, {"source": type(checkpoint).__name__}, None
+        vae, model_info, ssl_channels, pipe = checkpoint, {"source": type(checkpoint).__name__}, None, None
     else:
         pipe = load_pipeline(checkpoint, config, domain=domain, seed=seed, device="cpu", log=log)
         vae, ssl_channels = pipe.vae, pipe.config.ssl_channels
@@ -296,7 +297,7 @@ def prepare(
                 f"{pipe.config.domain} or a {domain} checkpoint / config"
             )
     enc = load_encoder(
-        encoder,
+        encoder_for_model(encoder, pipe),
         domain=domain,
         ssl_channels=ssl_channels,
         random_model=random_model,

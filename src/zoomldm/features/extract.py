@@ -398,7 +398,7 @@ def extract_features(
     Raises:
         ZoomLDMError: bad settings, no slides, unloadable models, an OUT made with other settings.
     """
-    from ..data.loading import is_random, load_encoder, load_pipeline
+    from ..data.loading import encoder_for_model, is_random, load_encoder, load_pipeline
     from ..data.slides import find_slides as find_sources
     from ..pipeline import ZoomLDMPipeline
 
@@ -419,7 +419,7 @@ def extract_features(
 
             apply_speed_settings(pipe, optimize, compile)
         encoder = load_encoder(
-            encoder,
+            encoder_for_model(encoder, pipe),
             domain=pipe.config.domain,
             ssl_channels=pipe.config.ssl_channels,
             random_model=random_model,

@@ -50,7 +50,10 @@ Memory: :class:`PyramidalTiffWriter` accepts rows in order (``write_rows``, e.g.
 one tile height is complete (tifffile pulls them from a generator running in a writer thread), so the
 full-resolution image is never held. Because every page must be written after the previous one, the
 reduced levels (1/3 of the full-resolution pixels in all) are built band by band as rows arrive and are
-spooled to temporary memory-mapped files beside the output, then written tile by tile at ``close()``.
+spooled to temporary raw files beside the output (plain writes, not memory maps, so that they never count in
+the resident memory), then read back a band at a time and written tile by tile at ``close()``. Resident
+memory is therefore O(width): a few rows of tiles (``tests/io/test_tiff_streaming.py`` measures it). Files
+that could pass 4 GiB are written as BigTIFF (:func:`needs_bigtiff`).
 The TIFF is written to a temporary name and renamed into place when complete.
 """
 
@@ -74,6 +77,15 @@ from ..errors import InputError, ZoomLDMError
 from .images import as_uint8_hwc, provenance
 
 COMPRESSIONS = {"jpeg": "jpeg", "zlib": "zlib", "deflate": "zlib", "none": None}
+#: tile edge of the written TIFFs (what slide readers expect)
+TIFF_TILE = 256
+#: a classic TIFF addresses its data with 32-bit offsets: files must stay below 4 GiB
+CLASSIC_TIFF_LIMIT = 2**32
+#: typical stored bytes per pixel, for disk planning (:func:`estimated_tiff_bytes`): JPEG quality 90 measured
+#: 0.36 B/px on the 256² tiles of the H&E image brca_001.jpeg, taken as 0.5 for margin; zlib measured
+#: 2.75 B/px on the same image (no predictor), taken as 3 (raw): lossless compression of generated tissue
+#: is not counted on
+TIFF_BYTES_PER_PIXEL = {"jpeg": 0.5, "zlib": 3.0, "deflate": 3.0, "none": 3.0}
 #: XML namespace of the provenance in the XMP packet, and Namespace of the OME MapAnnotation
 PROVENANCE_NAMESPACE = "urn:zoomldm:provenance:1"
 #: the OME-XML 2016-06 schema (bundled, CC BY 3.0; see io/ome/README.md) to validate OME-TIFF output
@@ -190,6 +202,39 @@ def level_shapes(
     return shapes
 
 
+def _padded_pixels(height: int, width: int, tile_size: int) -> int:
+    """Pixels stored for a pyramid: every level's tiles, edge tiles padded to whole tiles."""
+    return sum(
+        math.ceil(h / tile_size) * math.ceil(w / tile_size) * tile_size**2
+        for h, w in level_shapes(height, width, tile_size)
+    )
+
+
+def tiff_size_bound(height: int, width: int, tile_size: int = TIFF_TILE) -> int:
+    """An upper bound of the pyramidal TIFF's size in any compression: every level's padded tiles
+    uncompressed (3 B/px; JPEG and zlib tiles are not larger in practice) plus 1 % for tags and offsets."""
+    return int(_padded_pixels(height, width, tile_size) * 3 * 1.01) + 2**16
+
+
+def estimated_tiff_bytes(
+    height: int, width: int, compression: str = "jpeg", tile_size: int = TIFF_TILE
+) -> int:
+    """Typical size of the pyramidal TIFF (for disk planning): :data:`TIFF_BYTES_PER_PIXEL` × the padded
+    pixels of all levels (≈ 4/3 of the full resolution) + 1 % for tags and offsets."""
+    if compression not in COMPRESSIONS:
+        raise ZoomLDMError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    per_pixel = TIFF_BYTES_PER_PIXEL[compression]
+    return int(_padded_pixels(height, width, tile_size) * per_pixel * 1.01) + 2**16
+
+
+def needs_bigtiff(height: int, width: int, tile_size: int = TIFF_TILE) -> bool:
+    """Whether the pyramid must be a BigTIFF: when it *could* pass the classic TIFF's 4 GiB
+    (:func:`tiff_size_bound`). The bound, not a typical size, decides, because a classic file that grows past
+    4 GiB cannot be finished (tifffile stops at the first offset that does not fit) and that would lose a long
+    run at its last step; BigTIFF opens in OpenSlide, tifffile, Bio-Formats and QuPath alike."""
+    return tiff_size_bound(height, width, tile_size) >= CLASSIC_TIFF_LIMIT
+
+
 def _band_tiles(band: np.ndarray, tile_size: int) -> Iterator[np.ndarray]:
     """The tiles of one band of rows, left to right; edge tiles are padded by repeating the edge pixels
     (zero padding would put a black border inside JPEG blocks and bleed into the visible edge)."""
@@ -210,13 +255,43 @@ def _halve(rows: np.ndarray) -> np.ndarray:
     return ((blocks.sum(axis=(1, 3)) + 2) // 4).astype(np.uint8)
 
 
-class _Reducer:
-    """Builds one reduced level from the rows of the level above, as they arrive, into a memory map."""
+class _Spool:
+    """One reduced level's rows in a raw file beside the output: appended as they are reduced, read back one
+    band at a time. Plain file I/O, not a memory map: written pages stay in the kernel's page cache and
+    never count in this process's resident memory (a memory map's pages do, so a mapped spool grew the
+    resident set with the image: 312 MiB more for a 16384² image, against O(width) now)."""
 
-    def __init__(self, store: np.ndarray) -> None:
+    def __init__(self, tmp_path: Path, height: int, width: int) -> None:
+        # a scratch file in the writer's temporary folder, removed with it (not a result file)
+        self.path, self.shape = tmp_path, (height, width, 3)
+        self.row_bytes = width * 3
+        self.file = open(tmp_path, "w+b")  # noqa: SIM115 (closed by close(), called by the writer's cleanup)
+        self.rows = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(rows, dtype=np.uint8).data)
+        self.rows += rows.shape[0]
+
+    def read(self, y: int, n: int) -> np.ndarray:
+        n = min(n, self.shape[0] - y)
+        out = np.empty((n, *self.shape[1:]), np.uint8)
+        self.file.flush()
+        self.file.seek(y * self.row_bytes)
+        if self.file.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise ZoomLDMError(f"{self.path}: the level spool is shorter than written (was it removed?)")
+        self.file.seek(0, os.SEEK_END)
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Reducer:
+    """Builds one reduced level from the rows of the level above, as they arrive, into a spool file."""
+
+    def __init__(self, store: _Spool) -> None:
         self.store = store
         self.pending: np.ndarray | None = None  # an odd row left over from the previous chunk
-        self.next_row = 0
 
     def push(self, rows: np.ndarray) -> np.ndarray:
         """Add rows of the level above; return the reduced rows completed by them (also stored)."""
@@ -238,8 +313,7 @@ class _Reducer:
         return np.zeros((0, *self.store.shape[1:]), np.uint8)
 
     def _store(self, reduced: np.ndarray) -> np.ndarray:
-        self.store[self.next_row : self.next_row + reduced.shape[0]] = reduced
-        self.next_row += reduced.shape[0]
+        self.store.append(reduced)
         return reduced
 
 
@@ -262,7 +336,7 @@ class PyramidalTiffWriter:
         ome: write OME-TIFF (reduced levels as subIFDs) instead of the generic tiled TIFF.
         metadata: provenance record (settings, seed, …) stored as JSON with the package version.
         levels: number of pyramid levels (default: halve until the image fits in one tile).
-        bigtiff: force BigTIFF on/off (default: on when the raw image exceeds 2 GiB).
+        bigtiff: force BigTIFF on/off (default: :func:`needs_bigtiff`, when the file could pass 4 GiB).
     """
 
     def __init__(
@@ -307,16 +381,14 @@ class PyramidalTiffWriter:
         self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
         self._spool = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.levels-", dir=self.path.parent))
         self._stores = [
-            np.lib.format.open_memmap(
-                self._spool / f"level{k}.npy", mode="w+", dtype=np.uint8, shape=(h, w, 3)
-            )
-            for k, (h, w) in enumerate(self.shapes[1:], start=1)
+            _Spool(self._spool / f"level{k}.raw", h, w) for k, (h, w) in enumerate(self.shapes[1:], start=1)
         ]
         self._reducers = [_Reducer(store) for store in self._stores]
 
         # 2. the full-resolution page is written by tifffile in a thread, pulling bands from a short queue
         if bigtiff is None:
-            bigtiff = height * width * 3 > 2**31
+            bigtiff = needs_bigtiff(height, width, tile_size)
+        self.bigtiff = bool(bigtiff)
         # ome=False: the OME-XML is made here with tifffile.OmeXml and written as the ImageDescription, since
         # in OME mode tifffile would add every further main-chain page (the OpenSlide twins) as an OME Image
         self._tif = tifffile.TiffWriter(self._tmp, bigtiff=bigtiff, ome=False)
@@ -442,9 +514,9 @@ class PyramidalTiffWriter:
                 raise ZoomLDMError("TIFF writing was stopped before the image was complete")
             yield from _band_tiles(band, self.tile_size)
 
-    def _store_tiles(self, store: np.ndarray) -> Iterator[np.ndarray]:
+    def _store_tiles(self, store: _Spool) -> Iterator[np.ndarray]:
         for y in range(0, store.shape[0], self.tile_size):
-            yield from _band_tiles(np.array(store[y : y + self.tile_size]), self.tile_size)
+            yield from _band_tiles(store.read(y, self.tile_size), self.tile_size)
 
     def _write_level0(self) -> None:
         try:
@@ -532,6 +604,8 @@ class PyramidalTiffWriter:
                     twin.tags[name].overwrite(tag.value, dtype=tag.dtype)
 
     def _cleanup(self) -> None:
+        for store in self._stores:
+            store.close()
         self._stores.clear()
         self._reducers.clear()
         shutil.rmtree(self._spool, ignore_errors=True)

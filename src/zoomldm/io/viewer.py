@@ -10,6 +10,18 @@ and serves, on localhost by default:
 * ``/info.json`` — size, µm/px and the provenance record of the file;
 * ``/static/{name}`` — the vendored OpenSeadragon files (``viewer_static/``).
 
+With ``generate=True`` (``zoomldm view IMAGE --generate --from 5x``) it serves the *zoom explorer*
+instead: the image at ``--from`` continued by the finer magnifications, generated where the user zooms in
+(:mod:`zoomldm.io.explorer` owns the pixels, the cache and the model worker):
+
+* ``/image.dzi`` and ``/image_files/{level}/{col}_{row}.png`` — Deep Zoom (tile 256, overlap 0, PNG:
+  lossless, the cached pixels exactly); a tile whose blocks are generating waits up to ``tile_wait``
+  seconds, then answers 503 with ``Retry-After`` (the page retries; meanwhile it shows the coarser level
+  scaled up and a progress line);
+* ``/progress.json`` — the worker: pending blocks, the running one, mean seconds per block, errors.
+
+A tile outside the pyramid (level, column or row out of range, another format, junk) is a 404.
+
 Why our own small handler rather than openslide-python's Flask example: it adds no dependency and stays
 bounded (fixed routes, whitelisted static files, numbers range-checked before any pixel is read).
 """
@@ -32,7 +44,7 @@ from urllib.parse import urlsplit
 from ..errors import ZoomLDMError
 
 STATIC_DIR = Path(__file__).with_name("viewer_static")
-_TILE = re.compile(r"^/slide_files/(\d{1,3})/(\d{1,7})_(\d{1,7})\.jpeg$")
+_TILE = re.compile(r"^/(slide|image)_files/(\d{1,3})/(\d{1,7})_(\d{1,7})\.(jpeg|png)$")
 _TYPES = {
     ".js": "text/javascript",
     ".png": "image/png",
@@ -55,16 +67,16 @@ _PAGE = """<!doctype html>
 </head>
 <body>
 <div id="viewer"></div>
-<div id="caption">{caption}</div>
+<div id="caption">{caption}</div>{body}
 <script>
   const params = new URLSearchParams(window.location.search);
   const viewer = OpenSeadragon({{
     id: "viewer",
     prefixUrl: "static/",
-    tileSources: "slide.dzi",
+    tileSources: "{dzi}",
     showNavigator: true,
     maxZoomPixelRatio: 4,
-    animationTime: 0.5,
+    animationTime: 0.5,{options}
   }});
   viewer.addOnceHandler("open", () => {{
     const zoom = parseFloat(params.get("zoom"));
@@ -75,7 +87,7 @@ _PAGE = """<!doctype html>
       viewer.viewport.zoomTo(zoom, null, true);
       viewer.viewport.panTo(point, true);
     }}
-  }});
+  }});{script}
 </script>
 </body>
 </html>
@@ -125,33 +137,163 @@ def _tiff_provenance(path: Path) -> dict[str, Any] | None:
         return None
 
 
-class ViewerServer(ThreadingHTTPServer):
-    """HTTP server for one image; ``url`` is its address, ``requested`` the paths it served (last 10,000)."""
+_EXPLORER_OPTIONS = """
+    tileRetryMax: 100000,  // a generating tile answers 503 + Retry-After: ask again
+    tileRetryDelay: 1000,
+    timeout: 600000,"""
 
-    daemon_threads = True
+_EXPLORER_BODY = """
+<div id="progress" style="position:absolute; left:8px; bottom:30px; padding:4px 8px; background:#000c;
+     border-radius:4px; display:none"></div>"""
 
-    def __init__(self, path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000) -> None:
+_EXPLORER_SCRIPT = """
+  const progress = document.getElementById("progress");
+  async function poll() {
+    try {
+      const p = await (await fetch("progress.json", {cache: "no-store"})).json();
+      let text = "";
+      if (p.running) {
+        text = `generating ${p.running.level} block ${p.running.block.join(",")}: ${p.running.elapsed_s.toFixed(1)} s`;
+        if (p.mean_block_s) text += ` (≈ ${p.mean_block_s.toFixed(1)} s per block)`;
+        if (p.pending > 1) text += `, ${p.pending - 1} more queued`;
+      } else if (p.pending > 0) {
+        text = `${p.pending} block(s) queued`;
+      }
+      if (p.errors.length) text += ` — error: ${p.errors[p.errors.length - 1]}`;
+      progress.textContent = text;
+      progress.style.display = text ? "block" : "none";
+      document.body.dataset.generating = p.pending > 0 ? "yes" : "no";
+    } catch (err) { /* server stopped */ }
+    setTimeout(poll, 700);
+  }
+  poll();"""
+
+
+class SlideSource:
+    """Deep Zoom tiles of an existing image (openslide-python's ``DeepZoomGenerator``), as ``zoomldm view``."""
+
+    name = "slide"
+    format = "jpeg"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         import openslide
         from openslide.deepzoom import DeepZoomGenerator
 
         self.image_path = Path(path)
         self.slide = open_image(self.image_path)
         self.deepzoom = DeepZoomGenerator(self.slide, tile_size=254, overlap=1, limit_bounds=False)
-        caption, self.info = _caption(self.slide, self.image_path)
-        self.page = _PAGE.format(title=html.escape(self.image_path.name), caption=caption).encode()
+        self.caption, self.info = _caption(self.slide, self.image_path)
         self.dzi = self.deepzoom.get_dzi("jpeg").encode()
-        self.static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
         # OpenSlide itself is thread-safe; ImageSlide (PIL) is not, so plain images are read under a lock
         self.tile_lock = threading.Lock() if isinstance(self.slide, openslide.ImageSlide) else None
+
+    def tile(self, level: int, col: int, row: int) -> bytes | None:
+        """One Deep Zoom tile as JPEG bytes, or None when the address is outside the pyramid."""
+        if level >= self.deepzoom.level_count:
+            return None
+        cols, rows = self.deepzoom.level_tiles[level]
+        if col >= cols or row >= rows:
+            return None
+        if self.tile_lock is not None:
+            with self.tile_lock:
+                image = self.deepzoom.get_tile(level, (col, row))
+        else:
+            image = self.deepzoom.get_tile(level, (col, row))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+        return buffer.getvalue()
+
+    def close(self) -> None:
+        self.slide.close()
+
+
+class ExplorerSource:
+    """Deep Zoom tiles of a :class:`~zoomldm.io.explorer.Explorer`: the image, then generated levels."""
+
+    name = "image"
+    format = "png"
+
+    def __init__(self, explorer: Any, tile_wait: float = 20.0) -> None:
+        self.explorer = explorer
+        self.tile_wait = tile_wait
+        self.info = explorer.info()
+        self.dzi = explorer.geometry.dzi("png")
+        levels = self.info["levels"]
+        img = self.info["image"]
+        self.caption = html.escape(
+            f"{self.info['name']} — {img['width']}×{img['height']} px at {levels[0]}, generated on zoom "
+            f"down to {levels[-1]} ({self.info['width']}×{self.info['height']} px), seed {self.info['seed']}"
+        )
+
+    def tile(self, level: int, col: int, row: int) -> bytes | None:
+        """One tile as PNG bytes (None outside the pyramid); raises TimeoutError while it generates."""
+        return self.explorer.tile_png(level, col, row, timeout=self.tile_wait)
+
+    def close(self) -> None:
+        self.explorer.close()
+
+
+class ViewerServer(ThreadingHTTPServer):
+    """HTTP server for one image; ``url`` is its address, ``requested`` the paths it served (last 10,000).
+
+    ``path`` is served as it is (:class:`SlideSource`); ``source=`` serves another tile source instead
+    (:class:`ExplorerSource`: the zoom explorer)."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        source: SlideSource | ExplorerSource | None = None,
+    ) -> None:
+        if source is None:
+            if path is None:
+                raise ZoomLDMError("ViewerServer needs an image path or a source=")
+            source = SlideSource(path)
+        self.source = source
+        self.info = source.info
+        explorer = isinstance(source, ExplorerSource)
+        title = html.escape(str(self.info.get("name", "image")))
+        self.page = _PAGE.format(
+            title=title,
+            caption=source.caption,
+            dzi=f"{source.name}.dzi",
+            options=_EXPLORER_OPTIONS if explorer else "",
+            body=_EXPLORER_BODY if explorer else "",
+            script=_EXPLORER_SCRIPT if explorer else "",
+        ).encode()
+        self.dzi = source.dzi
+        self.static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
         self.requested: deque[str] = deque(maxlen=10_000)
         self._thread: threading.Thread | None = None
         try:
             super().__init__((host, port), _Handler)
         except OSError as err:
-            self.slide.close()
+            source.close()
             raise ZoomLDMError(
                 f"cannot listen on {host}:{port} ({err.strerror}); pass another --port"
             ) from err
+
+    # the image served by ``zoomldm view`` without --generate (kept for callers of the plain viewer)
+    @property
+    def slide(self) -> Any:
+        return getattr(self.source, "slide", None)
+
+    @property
+    def deepzoom(self) -> Any:
+        return getattr(self.source, "deepzoom", None)
+
+    @property
+    def image_path(self) -> Path | None:
+        return getattr(self.source, "image_path", None)
+
+    @property
+    def explorer(self) -> Any:
+        """The :class:`~zoomldm.io.explorer.Explorer` served (None for a plain image)."""
+        return getattr(self.source, "explorer", None)
 
     @property
     def url(self) -> str:
@@ -170,11 +312,11 @@ class ViewerServer(ThreadingHTTPServer):
             self._thread.join(timeout=0.5)
 
     def close(self) -> None:
-        """Stop serving and release the image."""
+        """Stop serving and release the image (and the explorer's worker)."""
         if self._thread is not None and self._thread.is_alive():
             self.shutdown()
         self.server_close()
-        self.slide.close()
+        self.source.close()
 
     def __enter__(self) -> ViewerServer:
         return self
@@ -183,20 +325,8 @@ class ViewerServer(ThreadingHTTPServer):
         self.close()
 
     def tile(self, level: int, col: int, row: int) -> bytes | None:
-        """One Deep Zoom tile as JPEG bytes, or None when the address is outside the pyramid."""
-        if level >= self.deepzoom.level_count:
-            return None
-        cols, rows = self.deepzoom.level_tiles[level]
-        if col >= cols or row >= rows:
-            return None
-        if self.tile_lock is not None:
-            with self.tile_lock:
-                image = self.deepzoom.get_tile(level, (col, row))
-        else:
-            image = self.deepzoom.get_tile(level, (col, row))
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=85)
-        return buffer.getvalue()
+        """One Deep Zoom tile's bytes, or None when the address is outside the pyramid."""
+        return self.source.tile(level, col, row)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -204,18 +334,37 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "zoomldm-viewer"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._respond(send_body=True)
+        try:
+            self._respond(send_body=True)
+        except (BrokenPipeError, ConnectionResetError):  # the browser left (e.g. closed) while we waited
+            self.close_connection = True
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._respond(send_body=False)
+        try:
+            self._respond(send_body=False)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per tile is noise
         pass
 
     def _respond(self, send_body: bool) -> None:
+        from .explorer import BlockError
+
         path = urlsplit(self.path).path
         self.server.requested.append(path)
-        body, ctype, cache = self._route(path)
+        try:
+            body, ctype, cache = self._route(path)
+        except TimeoutError:  # the tile's blocks are generating: the page asks again
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            self.send_header("Retry-After", "1")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        except BlockError as err:
+            self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR, explain=str(err))
+            return
         if body is None:
             self.send_error(HTTPStatus.NOT_FOUND)
             return
@@ -231,14 +380,17 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         if path in ("/", "/index.html"):
             return server.page, "text/html; charset=utf-8", "no-cache"
-        if path == "/slide.dzi":
+        source = server.source
+        if path == f"/{source.name}.dzi":
             return server.dzi, "application/xml", "no-cache"
         if path == "/info.json":
             return json.dumps(server.info).encode(), "application/json", "no-cache"
+        if path == "/progress.json" and server.explorer is not None:
+            return json.dumps(server.explorer.progress()).encode(), "application/json", "no-store"
         match = _TILE.match(path)
-        if match:
-            level, col, row = (int(g) for g in match.groups())
-            return server.tile(level, col, row), "image/jpeg", "max-age=3600"
+        if match and match.group(1) == source.name and match.group(5) == source.format:
+            level, col, row = (int(g) for g in match.groups()[1:4])
+            return server.tile(level, col, row), f"image/{source.format}", "max-age=3600"
         if path.startswith("/static/"):
             file = server.static.get(path[len("/static/") :])
             if file is not None:
@@ -246,9 +398,63 @@ class _Handler(BaseHTTPRequestHandler):
         return None, "", ""
 
 
-def serve(path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000) -> ViewerServer:
+def serve(
+    path: str | os.PathLike[str] | Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    generate: bool = False,
+    source: str | int | None = None,
+    to: str | int | None = None,
+    pipe: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    config: str | None = None,
+    device: str = "cpu",
+    cache: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    tile_wait: float = 20.0,
+    **options: Any,
+) -> ViewerServer:
     """Start serving ``path`` at ``http://host:port/`` in a background thread; returns the server.
 
     ``port=0`` picks a free port (see ``server.url``). Stop it with ``server.close()``.
+
+    With ``generate=True``: the zoom explorer (``zoomldm view IMAGE --generate``). ``path`` (a file or a
+    uint8 ``[H, W, 3]`` array, then ``cache`` is required) is at magnification ``source`` (e.g. ``"5x"``);
+    the finer levels down to ``to`` (default the model's finest) are generated on request by ``pipe``, or
+    the model loaded from ``checkpoint``/``config`` on ``device``, or else the package's default model
+    (:func:`zoomldm.models.embedded.default_checkpoint`; ``server.explorer.note`` is its one line when that is
+    the embedded offline model). ``cache``: block folder (default ``<image>.explore``); ``seed``;
+    ``tile_wait``: seconds a tile request waits for its blocks before answering 503; ``options``: the
+    explorer's geometry (``window_patches``, ``ring``, ``tile_size``, ``blend``) and the super-resolution settings by
+    CLI name (``t0``, ``stride``, ``inner_steps``, ``inversion_steps``, ``no_postprocess``, …).
     """
-    return ViewerServer(path, host, port).start()
+    if not generate:
+        if options or source is not None or to is not None or pipe is not None or checkpoint is not None:
+            raise ZoomLDMError("source=, to=, pipe=, checkpoint= and settings need generate=True")
+        return ViewerServer(path, host, port).start()
+    from .explorer import Explorer, load_model
+
+    if source is None:
+        raise ZoomLDMError("--from: the magnification of the image is required with --generate (e.g. 5x)")
+    from ..sampling.reference import read_image
+
+    note, name = None, None
+    if isinstance(path, str | os.PathLike):  # read (and checked) before the model is loaded
+        path = Path(path)
+        name = path.name
+        if cache is None:
+            cache = path.with_name(path.name + ".explore")
+        path = read_image(path, what="image")
+    elif cache is None:
+        raise ZoomLDMError("cache=: a folder for the generated blocks is required when the image is an array")
+    if pipe is None:
+        pipe, note = load_model(checkpoint, config=config, device=device)
+    explorer = Explorer(pipe, path, source, to, cache=cache, seed=seed, name=name, **options)
+    explorer.note = note
+    try:
+        server = ViewerServer(host=host, port=port, source=ExplorerSource(explorer, tile_wait))
+    except BaseException:
+        explorer.close()
+        raise
+    return server.start()

@@ -155,6 +155,20 @@ def _window(lat: Any, y: int, x: int, h: int, w: int) -> torch.Tensor:
     return window if isinstance(window, torch.Tensor) else torch.as_tensor(np.asarray(window))
 
 
+class _RowBand:
+    """Windows of a lazily read latent (zarr array, :class:`~.canvas.LatentView`, memory map) from one
+    read per row of windows: the band ``[C, h, W]`` under the current window row (O(width) memory),
+    instead of one chunked read per window."""
+
+    def __init__(self, lat: Any, h: int) -> None:
+        self.lat, self.h, self.y, self.band = lat, h, -1, None
+
+    def __call__(self, lat: Any, y: int, x: int, h: int, w: int) -> torch.Tensor:
+        if y != self.y:
+            self.y, self.band = y, _window(self.lat, y, 0, self.h, int(self.lat.shape[2]))
+        return self.band[:, :, x : x + w]
+
+
 def _to_output(pixels: torch.Tensor, output: OutputKind) -> np.ndarray:
     """``[3,n,W]`` blended decoder output → ``[n,W,3]`` numpy: uint8 exactly as the official
     ``(clamp((x+1)/2, 0, 1)·255).to(uint8)`` (truncation), or float32 in the decoder's [-1, 1] range."""
@@ -179,7 +193,9 @@ def decode_large_to(
     [-1, 1] with ``output="float"``); it is either an object with ``write_rows(y, rows)`` (e.g.
     :class:`zoomldm.io.PyramidalTiffWriter`) or a callable. Memory: the accumulator holds at most one
     window height of pixel rows (``DecodeStats.band_rows``) times the image width; the latent itself is read
-    window by window, so it may be a memory-mapped numpy array.
+    one row of windows at a time (a ``[C, window, W]`` band), so it may be a memory-mapped numpy array, a
+    zarr array or the sampler's :class:`~.canvas.LatentView`: host memory is then O(width) whatever the
+    height.
     """
     config = config or DecodeConfig()
     if output not in ("uint8", "float"):
@@ -217,12 +233,13 @@ def decode_large_to(
         emitted = upto_px
 
     order = [(y, x) for y in ys for x in xs]  # row-major, as the official loops
+    read = _window if isinstance(lat, torch.Tensor) else _RowBand(lat, span_y // f)
     bar = make_progress() if progress_enabled(progress) else None
     with bar if bar is not None else contextlib.nullcontext(), torch.inference_mode():
         task = bar.add_task("decode windows", total=len(order)) if bar is not None else None
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            h = torch.stack([_window(lat, y, x, span_y // f, span_x // f) for y, x in batch])
+            h = torch.stack([read(lat, y, x, span_y // f, span_x // f) for y, x in batch])
             decoded = vae.decode(h.to(device=device, dtype=dtype)).sample.to(torch.float32)  # quantises
             if decoded.shape[-2:] != (span_y, span_x):
                 raise ZoomLDMError(

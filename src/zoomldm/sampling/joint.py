@@ -13,8 +13,12 @@
 Viewport requests (``region=``) generate only the canvas blocks (the tile batches) under the region;
 because every tile's noise is keyed by its index and every tile shares its batch with the same tiles, they
 are bitwise the same tiles as in the full image (before post-processing, which mixes neighbours; same
-device, dtype and tile batch). Long runs save their state after every step beside the output and resume
-from it.
+device, dtype and tile batch).
+
+The whole run is out of core: tile latents, post-processing and a cascade stage's output live in zarr
+arrays in the state folder beside the output (``.<out>.resume/``, :mod:`.canvas`), one canvas block or a
+few window rows in memory at a time; an interrupted run resumes from its last finished block, and the
+blocks of each step are sharded over the processes of a multi-GPU launch (:mod:`.distributed`).
 
 **Reference-free extension** (no source gives it; SPEC §12 option ii): with ``reference=None`` and a CDM,
 the CDM samples the guide's Summarizer tokens, the pipeline generates the guide patch from them, condition
@@ -36,6 +40,14 @@ import torch
 
 from ..errors import ConfigError, InputError
 from ..scales import Magnification
+from .canvas import TileCanvas, pixel_array
+from .coarse import (
+    check_coarse_grid,
+    coarse_canvas_needed,
+    coarse_window_stride,
+    decode_coarse_canvas,
+    generate_coarse_canvas,
+)
 from .conditions import guide_context, tile_contexts
 from .constrained import (
     MIN_FOOTPRINT,
@@ -44,17 +56,18 @@ from .constrained import (
     JointSamplingConfig,
     SampledGuide,
     block_cover,
-    constrained_sample,
+    canvas_layout,
     resolve_tile_batch,
+    sample_canvas,
     scale_ratio,
 )
 from .decode import DecodeConfig
+from .distributed import barrier, ensure_process_group, rank_world
 from .inversion import InversionConfig, invert_conditions
-from .levels import parse_level
+from .levels import parse_level, require_level
 from .noise import generator_for, keyed_normal
-from .output import RunState, check_output_path, to_uint8_image, write_canvas
-from .postprocess import PostprocessConfig, postprocess_latent
-from .strided import strided_steps
+from .output import MAX_IN_MEMORY_PIXELS, RunState, check_output_path, to_uint8_image, write_canvas
+from .postprocess import PostprocessConfig, postprocess_canvas
 
 __all__ = [
     "JointSamplingConfig",
@@ -63,6 +76,8 @@ __all__ = [
     "generate_large_image",
     "plan_large_image",
     "plan_stages",
+    "CoarseRequest",
+    "coarse_request",
     "render_large",
 ]
 
@@ -75,18 +90,21 @@ class LargeImageResult:
         image: uint8 ``[H, W, 3]`` (None for outputs too large to keep in memory; see ``path``).
         path: the written PNG / pyramidal TIFF (None when no ``out`` was given).
         guide_image: uint8 guide (joint sampling) or low-resolution input (super-resolution).
-        latent: final latent canvas ``[C, H/f, W/f]`` (CPU).
+        latent: final latent canvas ``[C, H/f, W/f]`` (CPU); None above ``MAX_IN_MEMORY_PIXELS`` (the
+            canvas then lives only in the run's state folder until the output is complete).
         metrics: ``tiles`` (each tile's own decode before post-processing) and ``output`` (the final image)
             as ``{"psnr", "mae"}`` against the guide after downsampling; UNet rows and VQ passes; seconds.
         settings: every setting, the seed and the model provenance (also stored in the file).
+        pixels: the image as a uint8 zarr array in the run's state (cascade stages only), else None.
     """
 
     image: np.ndarray | None
     path: Path | None
     guide_image: np.ndarray
-    latent: torch.Tensor
+    latent: torch.Tensor | None
     metrics: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    pixels: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -137,9 +155,13 @@ class LargeImagePlan:
         }
 
 
+def _resolve_target(pipe, target) -> Magnification:
+    return parse_level(pipe, target, "target magnification") if target is not None else pipe.scales[0]
+
+
 def _resolve_levels(pipe, guide, target, size) -> tuple[Magnification, Magnification]:
     """The edge: parse the requested levels once (:mod:`.levels`) and choose the guide for ``size``."""
-    tmag = parse_level(pipe, target, "target magnification") if target is not None else pipe.scales[0]
+    tmag = _resolve_target(pipe, target)
     gmag = parse_level(pipe, guide, "guide magnification") if guide is not None else None
     return _choose_guide(pipe, gmag, tmag, size), tmag
 
@@ -214,6 +236,44 @@ def _plan_pair(
     return LargeImagePlan(gmag, tmag, k, tile, rows, cols, y // tile, x // tile, h // tile, w // tile)
 
 
+@dataclass(frozen=True)
+class CoarseRequest:
+    """A request past one guide patch: the coarse canvas (``rows × cols`` patches at ``level``) and the
+    cascade stages (:class:`LargeImagePlan`) it guides, the first one with a fixed guide of
+    ``(rows·tile, cols·tile)`` pixels."""
+
+    level: Magnification
+    rows: int
+    cols: int
+    stages: list
+
+
+def coarse_request(pipe, target: Magnification, size: int | None, region=None) -> CoarseRequest | None:
+    """The geometry of ``generate --size`` past the coarsest level's one patch (None when one patch covers
+    ``size``): the coarse canvas at the model's coarsest level, then the cascade of :func:`plan_stages`
+    (one scale pair, or two through the coarsest level the target allows) with a fixed first guide."""
+    if size is None:
+        return None
+    tmag = require_level(pipe, target, "target magnification")
+    coarsest = pipe.scales[len(pipe.scales) - 1]
+    if coarsest.index <= tmag.index:
+        return None
+    found = coarse_canvas_needed(pipe, coarsest, tmag, size)
+    if found is None:
+        return None
+    rows, cols = found
+    tile = pipe.config.image_size
+    shape = (rows * tile, cols * tile)
+    k_max = 1 << max((tile // MIN_FOOTPRINT).bit_length() - 1, 0)
+    if coarsest.downsample // tmag.downsample <= k_max:
+        stages = [_plan_pair(pipe, coarsest, tmag, region=region, guide_shape=shape)]
+    else:
+        mid = pipe.scales[tmag.index + k_max.bit_length() - 1]
+        first = _plan_pair(pipe, coarsest, mid, guide_shape=shape)
+        stages = [first, _plan_pair(pipe, mid, tmag, region=region, guide_shape=(first.height, first.width))]
+    return CoarseRequest(coarsest, rows, cols, stages)
+
+
 def plan_stages(
     pipe,
     guide: str | int | Magnification | None = None,
@@ -224,8 +284,14 @@ def plan_stages(
     """One scale pair when its ratio is allowed (k ≤ 16 for 256² patches), else a cascade of two pairs:
     guide → intermediate level (the coarsest one the target allows, 1.25x for 20x) → target, e.g.
     0.15625x → 1.25x → 20x for a 32768² image. The first stage is always generated whole; ``region``
-    selects the tiles of the last one."""
+    selects the tiles of the last one. A ``size`` past what one guide patch at the coarsest level covers
+    (e.g. 131072² at 20x) gives the stages after a coarse canvas (:mod:`.coarse`): their first guide is
+    that canvas, a fixed image."""
     tile = pipe.config.image_size
+    if guide is None and size is not None:  # past one guide patch: the stages after a coarse canvas
+        request = coarse_request(pipe, _resolve_target(pipe, target), size, region)
+        if request is not None:
+            return request.stages
     gmag, tmag = _resolve_levels(pipe, guide, target, size)
     k_max = 1 << max((tile // MIN_FOOTPRINT).bit_length() - 1, 0)
     if gmag.index <= tmag.index or gmag.downsample // tmag.downsample <= k_max:
@@ -290,86 +356,104 @@ def render_large(
     live_unet=None,
     keep_in_memory: bool | None = None,
     compression: str = "jpeg",
-    guide_uint8: np.ndarray | None = None,
+    guide_uint8: Any = None,
+    keep_pixels: bool = False,
     progress: bool = True,
 ) -> LargeImageResult:
     """Steps 3–5 shared by joint sampling, super-resolution, cascades and the reference-free path: tile
     contexts from the canvas-wide ``base_grid``, constrained sampling, post-processing, decode and write
     (to ``out``, or only to memory when it is None). ``guide_uint8`` is the fixed guide as the user gave it
-    (the metrics compare with it, not with a float round trip). ``state`` keeps the resumable steps under
-    names prefixed by ``stage``."""
+    (the metrics compare with it, not with a float round trip; a uint8 ``[H, W, 3]`` numpy or zarr array).
+    ``state`` keeps the resumable canvas and steps under names prefixed by ``stage``. ``keep_pixels`` also
+    writes the output into a uint8 zarr array in the stage's canvas group (``result.pixels``: a cascade
+    stage's image, read per block footprint as the next stage's guide).
+
+    Memory: the joint stage holds the blocks in flight (:func:`~.constrained.sample_canvas`),
+    post-processing a few window rows of the canvas (:func:`~.postprocess.postprocess_canvas`) and the
+    decode O(width) (:func:`~.output.write_canvas`); the latent is returned only for images
+    ≤ ``MAX_IN_MEMORY_PIXELS``. In a multi-process launch every rank
+    samples its share of the blocks and rank 0 post-processes, decodes and writes."""
     started = time.perf_counter()
+    ensure_process_group(pipe.device)  # a multi-process launch: before the ranks share the state folder
     ids = plan.tile_ids
     P = pipe.config.latent_size
     channels = pipe.unet.config.in_channels
     seconds: dict[str, float] = {}
 
-    # 3. constrained sampling (resumable per outer step) of the whole canvas blocks under the request, so
-    #    that each tile shares its batch with the same tiles as in the full image (bitwise the same tiles;
-    #    see constrained.batch_rows); for a full image the cover is the request itself
+    # 3. constrained sampling of the whole canvas blocks under the request, so that each tile shares its
+    #    batch with the same tiles as in the full image (bitwise the same tiles; see
+    #    constrained.batch_rows); for a full image the cover is the request itself. The tiles live on a
+    #    zarr canvas in the state folder (in memory without an output), resumable by block; contexts and
+    #    noise are made block by block.
     tile_batch = resolve_tile_batch(pipe, config, plan.canvas_rows * plan.canvas_cols)
     config = dataclasses.replace(config, tile_batch=tile_batch)
     computed = block_cover(ids, plan.canvas_cols, plan.canvas_rows, tile_batch)
-    position = {tid: i for i, tid in enumerate(computed)}
-    keep = [position[tid] for tid in ids]
-    contexts = tile_contexts(pipe, base_grid, plan.target, computed, plan.canvas_cols)
-    noise = keyed_normal((channels, P, P), seed, "tile_init", computed)
-    saved = state.load(f"{stage}joint")
-    start, init = (0, None) if saved is None else (saved[0], (saved[1]["tiles"], saved[1].get("guide")))
+    layout = canvas_layout(pipe, plan.guide, plan.target, guide, tile_batch)
+    canvas = TileCanvas.open(
+        state.canvas_dir(f"{stage}joint"), layout, state.fingerprint, fresh=not state.resume
+    )
 
-    def save_joint(i: int, tiles: torch.Tensor, guide_latent: torch.Tensor | None) -> None:
-        state.save(f"{stage}joint", i + 1, {"tiles": tiles, "guide": guide_latent})
+    def contexts_of(block_ids: list[int]) -> torch.Tensor:
+        return tile_contexts(pipe, base_grid, plan.target, block_ids, plan.canvas_cols)
 
-    result: ConstrainedResult = constrained_sample(
+    def noise_of(block_ids: list[int]) -> torch.Tensor:
+        return keyed_normal((channels, P, P), seed, "tile_init", block_ids)
+
+    result: ConstrainedResult = sample_canvas(
         pipe,
         plan.guide,
-        contexts,
-        noise,
+        canvas,
+        computed,
+        contexts_of,
+        noise_of,
         guide,
         target_magnification=plan.target,
-        tile_ids=computed,
         config=config,
         seed=seed,
-        start_step=start,
-        state=init,
-        on_step=save_joint,
         progress=progress,
+        label=f"{stage.rstrip('_')} joint sampling".strip(),
     )
     seconds["joint"] = time.perf_counter() - started
-    tiles = result.tiles[keep] if len(computed) != len(ids) else result.tiles
-    canvas = tiles.reshape(plan.rows, plan.cols, channels, P, P).permute(2, 0, 3, 1, 4)
-    canvas = canvas.reshape(channels, plan.rows * P, plan.cols * P)
+    view = canvas.view(result.final_buffer, plan.row0, plan.col0, plan.rows, plan.cols)
+    small = plan.height * plan.width <= MAX_IN_MEMORY_PIXELS
+    guide_u8 = guide_uint8 if guide_uint8 is not None else to_uint8_image(result.guide_image)
+    rank, _ = rank_world()
+    if rank != 0:  # post-processing, decode and the output file are rank 0's; wait for them
+        barrier()
+        pixels = canvas.root["pixels"] if keep_pixels else None
+        metrics = _result_metrics(result, computed, {}, seconds)
+        return LargeImageResult(None, None, np.asarray(guide_u8[:]), None, metrics, settings, pixels)
+    canvas_latent: Any = view.to_tensor() if small else view
 
-    # 4. post-processing (resumable per step)
+    # 4. post-processing (out of core: row bands of the zarr canvas into a zarr result; resumable per step)
     if postprocess is not None:
         t = time.perf_counter()
-        saved = state.load(f"{stage}post")
-        n_post = len(strided_steps(pipe.config.schedule, postprocess.t0, postprocess.stride))
-        if saved is not None and saved[0] >= n_post:
-            canvas = saved[1]["canvas"]
-        else:
-            canvas = postprocess_latent(
-                pipe,
-                canvas,
-                plan.grid_crop(base_grid),
-                target_magnification=plan.target,
-                config=postprocess,
-                seed=seed,
-                unet=live_unet if postprocess.use_live_weights else None,
-                on_step=lambda i, x: state.save(f"{stage}post", i + 1, {"canvas": x}),
-                start_step=0 if saved is None else saved[0],
-                state=None if saved is None else saved[1]["canvas"],
-                progress=progress,
-            )
+        canvas_latent = postprocess_canvas(
+            pipe,
+            view,
+            plan.grid_crop(base_grid),
+            target_magnification=plan.target,
+            config=postprocess,
+            seed=seed,
+            unet=live_unet if postprocess.use_live_weights else None,
+            folder=state.canvas_dir(f"{stage}post"),
+            key=state.fingerprint,
+            fresh=not state.resume,
+            tile_origin=(plan.row0, plan.col0),
+            tiles_per_row=plan.canvas_cols,
+            progress=progress,
+        )
         seconds["postprocess"] = time.perf_counter() - t
 
-    # 5. decode, write, measure
+    # 5. decode (from the zarr canvas, window by window, unless post-processed in memory), write, measure
     t = time.perf_counter()
-    guide_u8 = guide_uint8 if guide_uint8 is not None else to_uint8_image(result.guide_image)
     metadata = dict(settings, tile_metrics=_finite(result.metrics))
+    pixels = None
+    if keep_pixels:
+        pixels = pixel_array(canvas.root, "pixels", plan.height, plan.width, plan.tile_px * layout.bh)
     image, output_metrics = write_canvas(
         pipe,
-        canvas,
+        canvas_latent,
         out,
         k=plan.k,
         guide_image=guide_u8,
@@ -379,19 +463,31 @@ def render_large(
         decode=decode,
         keep_in_memory=keep_in_memory,
         compression=compression,
+        pixels=pixels,
         progress=progress,
     )
+    barrier()  # the other ranks wait for the output (a cascade stage's pixels feed the next stage)
     seconds["decode"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
-    metrics = {
+    metrics = _result_metrics(result, computed, output_metrics, seconds)
+    latent = None
+    if small:
+        latent = canvas_latent if isinstance(canvas_latent, torch.Tensor) else canvas_latent.to_tensor()
+    return LargeImageResult(image, out, np.asarray(guide_u8[:]), latent, metrics, settings, pixels)
+
+
+def _result_metrics(result: ConstrainedResult, computed: list[int], output: dict, seconds: dict) -> dict:
+    return {
         "tiles": {key[6:]: v for key, v in result.metrics.items() if key.startswith("tiles_")},
-        "output": output_metrics,
+        "output": output,
         "computed_tiles": len(computed),  # the request's tiles + the rest of their canvas blocks
+        "blocks": result.metrics.get("blocks"),
+        "block_seconds": result.metrics.get("block_seconds"),
+        "guide_seconds": result.metrics.get("guide_seconds"),
         "unet_forwards": result.metrics["unet_forwards"],
         "vq_passes": result.metrics["vq_passes"],
         "seconds": seconds,
     }
-    return LargeImageResult(image, out, guide_u8, canvas, metrics, settings)
 
 
 def _finite(d: dict) -> dict:
@@ -408,6 +504,9 @@ def finish_outputs(
     they equal the record in ``<stem>.json`` whether or not a file is written."""
     result.settings = json.loads(json.dumps(result.settings, default=str))
     result.metrics = json.loads(json.dumps(result.metrics, default=str))
+    result.pixels = None  # it lived in the state folder, removed now
+    if rank_world()[0] != 0:  # rank 0 writes the files and removes the state
+        return result
     if result.path is not None:
         _write_sidecars(result.path, result.guide_image, result.metrics, result.settings, extra_images or {})
     state.clear()
@@ -506,10 +605,27 @@ def generate_large_image(
     post = PostprocessConfig() if postprocess is True else (postprocess or None)
     if post is not None and post.use_live_weights and live_unet is None:
         raise ConfigError("postprocess use_live_weights needs live_unet= (the checkpoint's live UNet)")
-    stages = plan_stages(pipe, guide, target, size, region)
+    coarse_req = None
+    if guide is None and size is not None:  # past one guide patch: a coarse canvas first (.coarse)
+        coarse_req = coarse_request(pipe, _resolve_target(pipe, target), size, region)
+    stages = coarse_req.stages if coarse_req is not None else plan_stages(pipe, guide, target, size, region)
     plan = stages[-1]
     out = check_output_path(out, plan.height, plan.width, compression)
-    if reference is not None:
+    if coarse_req is not None:
+        if reference is None:
+            span = coarse_req.level.downsample // plan.target.downsample * pipe.config.image_size
+            raise InputError(
+                f"sizes above {span} px need a reference region covering the whole image (its SSL grid, "
+                f"or an image embedded with --encoder): the coarse canvas of {coarse_req.rows}×"
+                f"{coarse_req.cols} {coarse_req.level} patches is conditioned on it"
+            )
+        if not isinstance(reference, torch.Tensor) or reference.dim() != 3:
+            raise InputError(
+                f"the reference must be an SSL grid [C, h, w]; got {getattr(reference, 'shape', reference)}"
+            )
+        check_coarse_grid(pipe, reference, coarse_req.level, coarse_req.rows, coarse_req.cols)
+        grid = reference.float().cpu()
+    elif reference is not None:
         grid = check_reference_grid(pipe, reference, stages[0])
     elif cdm is None:
         raise InputError(
@@ -524,6 +640,13 @@ def generate_large_image(
     parts: dict[str, Any] = dict(joint=config, postprocess=post, decode=decode)
     if len(stages) > 1:
         parts["cascade"] = [stage.describe() for stage in stages]
+    if coarse_req is not None:
+        parts["coarse"] = {
+            "level": coarse_req.level.name,
+            "rows": coarse_req.rows,
+            "cols": coarse_req.cols,
+            "window_stride": coarse_window_stride(pipe),
+        }
     if reference is not None:
         parts["reference"] = {"kind": "ssl grid", "shape": list(grid.shape), "sha256_16": _grid_digest(grid)}
     else:
@@ -542,9 +665,24 @@ def generate_large_image(
         progress=progress,
     )
 
-    # 2. conditions of the (first) guide: the reference's pooled grid, or a CDM-generated guide patch
-    if reference is not None:
-        first_guide: SampledGuide | FixedGuide = SampledGuide(
+    # 2. conditions of the (first) guide: the reference's pooled grid, a coarse canvas sampled under the
+    #    reference (past one guide patch), or a CDM-generated guide patch
+    coarse_pixels = None
+    if coarse_req is not None:
+        latent = generate_coarse_canvas(
+            pipe,
+            coarse_req.level,
+            grid,
+            coarse_req.rows,
+            coarse_req.cols,
+            seed=seed,
+            config=config,
+            progress=progress,
+        )
+        coarse_pixels = decode_coarse_canvas(pipe, latent, progress=progress)
+        first_guide: SampledGuide | FixedGuide = FixedGuide(coarse_pixels)
+    elif reference is not None:
+        first_guide = SampledGuide(
             guide_context(pipe, grid, stages[0].guide),
             keyed_normal((channels, P, P), seed, "guide_init", [0]),
         )
@@ -562,6 +700,7 @@ def generate_large_image(
             out=out,
             keep_in_memory=keep_in_memory,
             compression=compression,
+            guide_uint8=coarse_pixels,
             **common,
         )
         return finish_outputs(result, state)
@@ -572,19 +711,19 @@ def generate_large_image(
         guide=first_guide,
         out=None,
         stage="stage1_",
-        keep_in_memory=True,
+        keep_pixels=True,
+        guide_uint8=coarse_pixels,
         **common,
     )
-    fixed = torch.from_numpy(coarse.image).permute(2, 0, 1).float() / 127.5 - 1.0
-    result = render_large(
+    result = render_large(  # the first stage's image, on disk beside the output, guides the second
         pipe,
         plan,
         base_grid=grid,
-        guide=FixedGuide(fixed),
+        guide=FixedGuide(coarse.pixels),
         out=out,
         keep_in_memory=keep_in_memory,
         compression=compression,
-        guide_uint8=coarse.image,
+        guide_uint8=coarse.pixels,
         **common,
     )
     result.metrics["stage1"] = coarse.metrics

@@ -66,11 +66,12 @@ def check_output_path(
 
 
 class _MetricSink:
-    """Collects tile rows of the decoded output and compares each downsampled tile with the guide."""
+    """Collects tile rows of the decoded output and compares each downsampled tile with the guide
+    (uint8 ``[Hg, Wg, 3]``: numpy, or a zarr array read one footprint row at a time)."""
 
-    def __init__(self, tile: int, k: int, guide_levels: torch.Tensor, origin: tuple[int, int], width: int):
+    def __init__(self, tile: int, k: int, guide: Any, origin: tuple[int, int], width: int):
         self.tile, self.footprint = tile, tile // k
-        self.guide = guide_levels[0]  # [3, Hg, Wg] in 8-bit levels
+        self.guide = guide
         self.row0, self.col0 = origin  # tile row / column of the output's first tile in the guide canvas
         self.band = np.empty((tile, width, 3), np.uint8)
         self.filled = 0
@@ -92,7 +93,7 @@ class _MetricSink:
         band = to_levels(self.band)[0]  # [3, tile, W]
         tiles = band.unflatten(2, (-1, t)).permute(2, 0, 1, 3)  # [n, 3, tile, tile]
         r, c0 = self.row0 + self.band_index, self.col0
-        guide = self.guide[:, r * f : (r + 1) * f, c0 * f : (c0 + tiles.shape[0]) * f]
+        guide = to_levels(np.asarray(self.guide[r * f : (r + 1) * f, c0 * f : (c0 + tiles.shape[0]) * f]))[0]
         self.acc.add(tiles, guide.unflatten(2, (-1, f)).permute(2, 0, 1, 3))
         self.filled = 0
         self.band_index += 1
@@ -100,11 +101,11 @@ class _MetricSink:
 
 def write_canvas(
     pipe,
-    canvas: torch.Tensor,
+    canvas: Any,
     out: Path | None,
     *,
     k: int,
-    guide_image: np.ndarray,
+    guide_image: Any,
     origin: tuple[int, int] = (0, 0),
     mpp: float | None = None,
     metadata: dict[str, Any] | None = None,
@@ -112,11 +113,19 @@ def write_canvas(
     keep_in_memory: bool | None = None,
     compression: str = "jpeg",
     ome: bool = False,
+    pixels: Any = None,
     progress: bool = True,
 ) -> tuple[np.ndarray | None, dict[str, float]]:
     """Decode ``canvas`` ``[C, H, W]`` and write it to ``out`` (TIFF streamed, or PNG), returning the image
     (when kept in memory) and the output's constraint metrics against ``guide_image`` (uint8 HWC).
-    ``compression`` (jpeg, zlib, none) and ``ome`` are the TIFF writer's options. ``origin`` is the (tile row, tile column) of the canvas' first tile in the guide's tile grid."""
+    ``compression`` (jpeg, zlib, none) and ``ome`` are the TIFF writer's options. ``origin`` is the (tile
+    row, tile column) of the canvas' first tile in the guide's tile grid. ``pixels`` (a uint8 ``[H, W, 3]``
+    zarr array) also receives the rows: a cascade stage's output, the next stage's guide.
+
+    ``canvas`` may be a tensor or a lazily read array (:class:`~.canvas.LatentView` of the zarr canvas):
+    the decode reads it window by window. Host memory is then O(width) — the decode band (one window
+    height of pixel rows), the metric sink's tile row and the TIFF writer's row of tiles, i.e.
+    O(√pixels) for a square image — plus the returned image only when it is kept in memory."""
     from ..io import PyramidalTiffWriter, save_png
 
     f = pipe.config.vae_factor
@@ -125,10 +134,12 @@ def write_canvas(
     is_png = out is not None and out.suffix.lower() in PNG_SUFFIXES
     keep = keep or is_png or out is None
     image = np.empty((height, width, 3), np.uint8) if keep else None
-    meter = _MetricSink(pipe.config.image_size, k, to_levels(guide_image), origin, width)
+    meter = _MetricSink(pipe.config.image_size, k, guide_image, origin, width)
     sinks: list[Callable[[int, np.ndarray], None]] = [meter.write_rows]
     if image is not None:
         sinks.append(lambda y, rows: image.__setitem__(slice(y, y + rows.shape[0]), rows))
+    if pixels is not None:
+        sinks.append(lambda y, rows: pixels.__setitem__(slice(y, y + rows.shape[0]), rows))
     meta = dict(metadata or {})
     writer = None
     if out is not None and not is_png:
@@ -165,22 +176,31 @@ def write_canvas(
 # resumable state of the sampling stages
 # ----------------------------------------------------------------------------------------------
 class RunState:
-    """Per-stage checkpoints of a long run in a hidden folder beside the output, written atomically.
+    """The state folder of a long run, hidden beside the output (``.<out>.resume/``).
 
-    Each stage (``joint``, ``post``) saves its tensors after every step with the step count and a
-    fingerprint of all settings; a rerun with the same settings continues from the last saved step (the
-    noise is keyed by step, so the result is the same as an uninterrupted run). The folder is removed when
-    the output is complete. Without an output path nothing is saved.
+    It holds the joint stage's tile canvas (:meth:`canvas_dir`: a zarr group per stage, resumable by block,
+    :mod:`.canvas`) and per-stage checkpoints of the small or not yet out-of-core stages (``inversion``,
+    ``post``: tensors with the step count and a fingerprint of all settings, written atomically after every
+    step). A rerun with the same settings continues where the last one stopped (the noise is keyed by tile
+    and step, so the result is the same as an uninterrupted run). The folder is removed when the output is
+    complete. Without an output path nothing is written (the canvas is in memory); with ``enabled=False``
+    nothing is resumed, and the canvas folder is still used (the tiles must live somewhere) but started
+    afresh.
     """
 
     def __init__(self, out: Path | None, settings: dict[str, Any], enabled: bool = True) -> None:
-        self.dir = out.parent / f".{out.name}.resume" if (out is not None and enabled) else None
+        self.dir = out.parent / f".{out.name}.resume" if out is not None else None
+        self.resume = enabled
         blob = json.dumps(settings, sort_keys=True, default=str).encode()
         self.fingerprint = hashlib.sha256(blob).hexdigest()
 
+    def canvas_dir(self, stage: str) -> Path | None:
+        """The folder of a stage's zarr tile canvas (None: keep it in memory)."""
+        return None if self.dir is None else self.dir / f"{stage}.zarr"
+
     def load(self, stage: str) -> tuple[int, dict[str, torch.Tensor]] | None:
         """``(next step, tensors)`` of a saved stage with the same settings, or None."""
-        if self.dir is None or not (self.dir / f"{stage}.safetensors").is_file():
+        if self.dir is None or not self.resume or not (self.dir / f"{stage}.safetensors").is_file():
             return None
         from safetensors import safe_open
 
@@ -192,7 +212,8 @@ class RunState:
             return int(meta["next_step"]), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
 
     def save(self, stage: str, next_step: int, tensors: dict[str, torch.Tensor | None]) -> None:
-        if self.dir is None:
+        """Save a stage's tensors after ``next_step − 1`` (atomically; nothing without resume)."""
+        if self.dir is None or not self.resume:
             return
         from safetensors.torch import save_file
 
@@ -202,5 +223,6 @@ class RunState:
             save_file(data, str(tmp), metadata={"fingerprint": self.fingerprint, "next_step": str(next_step)})
 
     def clear(self) -> None:
+        """Remove the state folder (the output is complete)."""
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,21 +18,29 @@ Differences from the official ``postprocess.py`` (both are options or have no ef
   ``window_batch`` windows at a time, and keep the window contexts on the device only while they fit
   ``context_cache_mib`` (otherwise they are recomputed per chunk — same values);
 * the window grid: positions ``range(0, H − window + 1, stride)``, plus one window aligned to the far edge
-  when the stride does not divide (never the case for whole tiles and the default stride).
+  when the stride does not divide (never the case for whole tiles and the default stride);
+* out of core (:func:`postprocess_canvas`): the canvas is read and written in row bands of zarr arrays and
+  the x̂0 sums live in a band one window high, so memory does not grow with the image height; the
+  sums are made in the same window order, and the count map is the (exact) product of the two 1-D counts;
+* the noise ξ (re-noising and every step) is keyed per canvas tile and step (:mod:`.noise`), not one draw
+  of the whole canvas, so that a band's noise is drawn without the rest (a different draw than the
+  official ``randn_like``, the same distribution).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
 from ..progress import make_progress, progress_enabled
 from ..scales import Magnification
+from .canvas import LatentView
 from .conditions import summarize, window_grids
 from .decode import window_starts
 from .guidance import guided_eps
@@ -115,28 +123,204 @@ def window_counts(height: int, width: int, positions: torch.Tensor, window: int)
     return count
 
 
+def _axis_counts(length: int, starts: list[int], window: int) -> torch.Tensor:
+    count = torch.zeros(length)
+    for s in starts:
+        count[s : s + window] += 1
+    return count
+
+
 class _WindowContexts:
-    """Window contexts, computed once and kept on the device when they fit the cache budget."""
+    """Window contexts by window row: computed per row (``chunk`` windows per Summarizer call), and kept
+    for every row across the steps while all of them fit ``budget_mib`` (else recomputed each step: the
+    same values, memory O(one window row))."""
 
-    def __init__(self, pipe, grid, positions, tile_latent, target, interp, budget_mib, chunk) -> None:
-        self.pipe, self.grid, self.positions = pipe, grid, positions
+    def __init__(self, pipe, grid, xs, tile_latent, target, interp, budget_mib, chunk, n_rows) -> None:
+        self.pipe, self.grid, self.xs = pipe, grid, xs
         self.tile_latent, self.target, self.threshold, self.chunk = tile_latent, target, interp, chunk
-        size_mib = positions.shape[0] * 65 * pipe.config.context_dim * 4 / 2**20
-        self.cache = None
-        if size_mib <= budget_mib:
-            self.cache = torch.cat(
-                [
-                    self._compute(torch.arange(i, min(i + chunk, len(positions))))
-                    for i in range(0, len(positions), chunk)
-                ]
+        size_mib = n_rows * len(xs) * 65 * pipe.config.context_dim * 4 / 2**20
+        self.keep = size_mib <= budget_mib
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def row(self, y: int) -> torch.Tensor:
+        """Contexts ``[len(xs), 65, D]`` of the windows at latent row ``y``."""
+        if y not in self.rows:
+            if not self.keep:
+                self.rows.clear()
+            positions = torch.tensor([(y, x) for x in self.xs], dtype=torch.long)
+            parts = []
+            for i in range(0, len(positions), self.chunk):
+                grids = window_grids(
+                    self.grid, positions[i : i + self.chunk], self.tile_latent, self.target, self.threshold
+                )
+                parts.append(summarize(self.pipe, grids, self.target))
+            self.rows[y] = torch.cat(parts)
+        return self.rows[y]
+
+
+class _RowReader:
+    """Rows ``[a, b)`` of a ``[C, H, W]`` latent (tensor, zarr array or view) with ``a`` never decreasing:
+    a rolling band, each row read once per pass, memory a few window heights × the width."""
+
+    def __init__(self, source) -> None:
+        self.source, self.top, self.band = source, 0, None
+
+    def rows(self, a: int, b: int) -> torch.Tensor:
+        if self.band is None or a < self.top:
+            self.top, self.band = a, _read(self.source, a, b)
+        bottom = self.top + self.band.shape[1]
+        if b > bottom:
+            self.band = torch.cat([self.band, _read(self.source, bottom, b)], dim=1)
+        if a > self.top:
+            self.band = self.band[:, a - self.top :]
+            self.top = a
+        return self.band[:, : b - a]
+
+
+def _read(source, a: int, b: int) -> torch.Tensor:
+    rows = source[:, a:b, :]
+    return rows.float() if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows, np.float32))
+
+
+class _TileNoise:
+    """Rows of the post-processing noise ``ξ``, keyed per canvas tile (global tile id, step): one tile row
+    is drawn at a time, so a band never needs the canvas' noise."""
+
+    def __init__(self, seed, stream, step, shape, tile, tiles_per_row, origin) -> None:
+        self.seed, self.stream, self.step, self.shape, self.tile = seed, stream, step, shape, tile
+        self.tiles_per_row, (self.row0, self.col0) = tiles_per_row, origin
+        self.cached: tuple[int, torch.Tensor] | None = None
+
+    def _tile_row(self, r: int) -> torch.Tensor:
+        if self.cached is None or self.cached[0] != r:
+            cols = self.shape[2] // self.tile
+            ids = [(self.row0 + r) * self.tiles_per_row + self.col0 + c for c in range(cols)]
+            noise = keyed_normal(
+                (self.shape[0], self.tile, self.tile), self.seed, self.stream, ids, self.step
             )
+            self.cached = (r, torch.cat(list(noise), dim=2))  # [C, P, W]
+        return self.cached[1]
 
-    def _compute(self, idx: torch.Tensor) -> torch.Tensor:
-        grids = window_grids(self.grid, self.positions[idx], self.tile_latent, self.target, self.threshold)
-        return summarize(self.pipe, grids, self.target)
+    def rows(self, a: int, b: int) -> torch.Tensor:
+        parts, y = [], a
+        while y < b:
+            r = y // self.tile
+            end = min(b, (r + 1) * self.tile)
+            parts.append(self._tile_row(r)[:, y - r * self.tile : end - r * self.tile])
+            y = end
+        return torch.cat(parts, dim=1)
 
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.cache[idx] if self.cache is not None else self._compute(idx)
+
+class _PostBuffers:
+    """The double-buffered canvas of post-processing (zarr: ``post_0``, ``post_1`` in a folder of the run's
+    state, or in memory) and its record of finished steps (empty marker files ``done/<step>``)."""
+
+    def __init__(self, folder: Path | None, shape, key: str, fresh: bool, rows_per_chunk: int) -> None:
+        import shutil
+
+        import zarr
+
+        self.folder = folder
+        self.finished: set[int] = set()
+        store = zarr.storage.MemoryStore() if folder is None else zarr.storage.LocalStore(str(folder))
+        if folder is not None and folder.exists():
+            try:
+                root = zarr.open_group(store, mode="r+")
+                if not fresh and root.attrs.get("key") == key:
+                    self.root = root
+                    return
+            except Exception:  # noqa: BLE001 - a damaged or foreign folder is replaced
+                pass
+            shutil.rmtree(folder)
+        root = zarr.open_group(store, mode="w")
+        c, h, w = shape
+        for buffer in (0, 1):
+            root.create_array(
+                f"post_{buffer}",
+                shape=shape,
+                chunks=(c, min(rows_per_chunk, h), min(w, 4096)),
+                dtype="float32",
+                fill_value=0.0,
+                compressors=None,
+            )
+        root.attrs["key"] = key
+        self.root = root
+
+    def array(self, buffer: int):
+        return self.root[f"post_{buffer % 2}"]
+
+    def done_steps(self) -> int:
+        """How many steps (from the first) are finished."""
+        if self.folder is None:
+            return len(self.finished)
+        folder = self.folder / "done"
+        return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+    def mark(self, step: int) -> None:
+        if self.folder is None:
+            self.finished.add(step)
+            return
+        (self.folder / "done").mkdir(parents=True, exist_ok=True)
+        (self.folder / "done" / str(step)).touch()
+
+
+def _check_canvas(pipe, shape, base_grid, tmag) -> tuple[int, int, int]:
+    P = pipe.config.latent_size
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    channels, height, width = (int(v) for v in shape)
+    if height % P or width % P:
+        raise InputError(f"the latent canvas {height}×{width} is not made of whole {P}-px tiles")
+    g = tmag.grid_size
+    if tuple(base_grid.shape[-2:]) != (height // P * g, width // P * g):
+        raise InputError(
+            f"the base grid {tuple(base_grid.shape[-2:])} does not match the canvas of "
+            f"{height // P}×{width // P} tiles at {tmag} ({g}×{g} embeddings per tile)"
+        )
+    return channels, height, width
+
+
+def _post_step(unet, step, src, dst, xi, contexts, order, counts, window, config, advance) -> None:
+    """One strided step of SPEC §4.5 over the canvas, window row by window row (see
+    :func:`postprocess_canvas`): ``src`` reads the canvas at the step's start, ``dst`` receives the next."""
+    count_y, count_x = counts
+    device = count_y.device
+    channels, width = dst.shape[0], dst.shape[2]
+    t = torch.tensor(float(step.t), device=device)
+    s_guid = config.guidance_w + 1.0
+    acc = torch.zeros(channels, window, width, device=device)  # x̂0 sums of rows [top, top + window)
+    top = emitted = 0
+
+    def flush(upto: int) -> None:
+        nonlocal acc, emitted
+        n = upto - emitted
+        if n <= 0:
+            return
+        x = src.rows(emitted, upto).to(device)
+        x0 = acc[:, :n] / (count_y[emitted:upto, None] * count_x[None, :])
+        eps = (x - step.alpha**0.5 * x0) / (1 - step.alpha) ** 0.5
+        noise = xi.rows(emitted, upto).to(device)
+        new = strided_update(x0, eps, noise, step, config.variance_preserving_update)
+        dst[:, emitted:upto, :] = new.cpu().numpy()
+        acc = torch.cat([acc[:, n:], torch.zeros_like(acc[:, :n])], dim=1)
+        emitted = upto
+
+    for i in range(0, len(order), config.window_batch):
+        batch = order[i : i + config.window_batch]
+        base = min(emitted, batch[0][0])
+        rows = src.rows(base, batch[-1][0] + window)
+        xw = torch.stack([rows[:, y - base : y - base + window, x : x + window] for y, x, _ in batch]).to(
+            device
+        )
+        ctx = torch.cat([contexts.row(y)[j : j + 1] for y, _, j in batch])
+        x0w = predict_x0(xw, guided_eps(unet, xw, t, ctx, s_guid), step)
+        for (y, x, _), v in zip(batch, x0w, strict=True):
+            if y != top:  # first window of a new window row: the rows above it are final
+                flush(y)
+                top = y
+            acc[:, y - top : y - top + window, x : x + window] += v
+        advance(len(batch))
+    flush(dst.shape[1])
 
 
 def postprocess_latent(
@@ -148,16 +332,58 @@ def postprocess_latent(
     config: PostprocessConfig | None = None,
     seed: int = 0,
     unet=None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-    start_step: int = 0,
-    state: torch.Tensor | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Remove tile seams from a latent canvas ``[C, H, W]`` (H, W multiples of the latent tile size).
 
     ``base_grid`` is the ``[C_ssl, H/P·g, W/P·g]`` base grid of the canvas (the per-tile embeddings, or the
     inverted ones for super-resolution). Returns the new canvas (float32, CPU). ``unet`` is required with
-    ``use_live_weights`` (the live UNet) and otherwise optional (default: the pipeline's UNet).
+    ``use_live_weights`` (the live UNet) and otherwise optional (default: the pipeline's UNet). This is
+    :func:`postprocess_canvas` in memory; the noise is keyed by the canvas' own tile ids.
+    """
+    if latent.dim() == 4 and latent.shape[0] == 1:
+        latent = latent[0]
+    view = postprocess_canvas(
+        pipe,
+        latent,
+        base_grid,
+        target_magnification=target_magnification,
+        config=config,
+        seed=seed,
+        unet=unet,
+        progress=progress,
+    )
+    return torch.from_numpy(np.ascontiguousarray(view[:, :, :]))
+
+
+def postprocess_canvas(
+    pipe,
+    latent,
+    base_grid: torch.Tensor,
+    *,
+    target_magnification: Magnification | None = None,
+    config: PostprocessConfig | None = None,
+    seed: int = 0,
+    unet=None,
+    folder: Path | None = None,
+    key: str = "",
+    fresh: bool = False,
+    tile_origin: tuple[int, int] = (0, 0),
+    tiles_per_row: int | None = None,
+    progress: bool = True,
+):
+    """Seam removal (SPEC §4.5) out of core: ``latent`` ``[C, H, W]`` (tensor, zarr array or
+    :class:`~.canvas.LatentView`) is read in row bands and the result is a zarr array ``[C, H, W]``
+    (in ``folder``, or in memory), returned.
+
+    Each step slides the windows row by row (row-major, ``window_batch`` at a time, as the in-memory
+    loop): the x̂0 sums live in a band of one window height × the width, and rows that no later window
+    touches are finished — divided by their (separable) window count, updated, written. Memory is a few
+    window heights × the width, whatever the height; the window contexts are kept across steps only while
+    all of them fit ``config.context_cache_mib``. The noise ξ is keyed per canvas tile: ``tile_origin`` and
+    ``tiles_per_row`` place the canvas in the full image's tile grid (region requests draw the full
+    image's noise for their tiles). With ``folder``, each finished step is recorded there and a rerun with
+    the same ``key`` continues after the last finished step (``fresh`` starts over).
     """
     config = config or PostprocessConfig()
     if config.use_live_weights and unet is None:
@@ -167,60 +393,60 @@ def postprocess_latent(
     unet = unet or pipe.unet
     tmag = require_level(pipe, target_magnification, "target magnification")
     P = pipe.config.latent_size
-    if latent.dim() == 4 and latent.shape[0] == 1:
+    channels, height, width = _check_canvas(pipe, tuple(latent.shape), base_grid, tmag)
+    if len(latent.shape) == 4:
         latent = latent[0]
-    channels, height, width = latent.shape
-    if height % P or width % P:
-        raise InputError(f"the latent canvas {height}×{width} is not made of whole {P}-px tiles")
-    g = tmag.grid_size
-    if tuple(base_grid.shape[-2:]) != (height // P * g, width // P * g):
-        raise InputError(
-            f"the base grid {tuple(base_grid.shape[-2:])} does not match the canvas of "
-            f"{height // P}×{width // P} tiles at {tmag} ({g}×{g} embeddings per tile)"
-        )
     window, stride = config.resolved(P)
+    if window > min(height, width):
+        raise InputError(f"the canvas ({height}×{width} latent px) is smaller than the window ({window})")
     device = pipe.device
-    positions = window_positions(height, width, window, stride)
-    count = window_counts(height, width, positions, window).to(device)
+    ys, xs = window_starts(height, window, stride), window_starts(width, window, stride)
+    count_y, count_x = _axis_counts(height, ys, window).to(device), _axis_counts(width, xs, window).to(device)
+    g = tmag.grid_size
     chunk = max(1, min(256, 16384 // g**2))  # windows per grid interpolation (g² tokens each)
     contexts = _WindowContexts(
-        pipe, base_grid, positions, P, tmag, INTERPOLATIONS[config.interp], config.context_cache_mib, chunk
+        pipe, base_grid, xs, P, tmag, INTERPOLATIONS[config.interp], config.context_cache_mib, chunk, len(ys)
     )
     steps = strided_steps(pipe.config.schedule, config.t0, config.stride)
-    s = config.guidance_w + 1.0
+    tiles_per_row = tiles_per_row or width // P
+    shape = (channels, height, width)
+    buffers = _PostBuffers(folder, shape, key, fresh, stride)
+    order = [(y, x, j) for y in ys for j, x in enumerate(xs)]  # row-major, as the official loop
+    band_rows = max(stride, 1)
 
-    # 1. re-noise to t0 (SPEC §4.5 step 1) — or continue a saved run
-    if state is not None:
-        x = state.float().to(device)
-    else:
-        a0 = steps[0].alpha
-        xi = keyed_normal(latent.shape, seed, "post_init", [0], 0, device)[0]
-        x = a0**0.5 * latent.float().to(device) + (1 - a0) ** 0.5 * xi
+    def noise(stream: str, step_index: int) -> _TileNoise:
+        return _TileNoise(seed, stream, step_index, shape, P, tiles_per_row, tile_origin)
+
+    done = buffers.done_steps()
     bar = make_progress() if progress_enabled(progress) else None
     with bar if bar is not None else contextlib.nullcontext(), torch.no_grad():
-        outer = bar.add_task("post-processing steps", total=len(steps), completed=start_step) if bar else None
-        inner = bar.add_task("windows", total=len(positions)) if bar else None
-        for step in steps[start_step:]:
-            x0_sum = torch.zeros_like(x)
-            t = torch.tensor(float(step.t), device=device)
+        outer = bar.add_task("post-processing: steps", total=len(steps), completed=done) if bar else None
+        inner = bar.add_task("post-processing: windows", total=len(order)) if bar else None
+        if done == 0:  # 1. re-noise to t0 (SPEC §4.5 step 1), band by band into buffer 0
+            a0 = steps[0].alpha
+            xi, source, target = noise("post_init", 0), _RowReader(latent), buffers.array(0)
+            for a in range(0, height, band_rows * 4):
+                b = min(height, a + band_rows * 4)
+                x = a0**0.5 * source.rows(a, b).to(device) + (1 - a0) ** 0.5 * xi.rows(a, b).to(device)
+                target[:, a:b, :] = x.cpu().numpy()
+        for s in range(done, len(steps)):
             if bar:
-                bar.reset(inner, total=len(positions))
-            for i in range(0, len(positions), config.window_batch):
-                idx = torch.arange(i, min(i + config.window_batch, len(positions)))
-                pos = positions[idx].tolist()
-                xw = torch.stack([x[:, y : y + window, c : c + window] for y, c in pos])
-                eps = guided_eps(unet, xw, t, contexts[idx], s)
-                x0w = predict_x0(xw, eps, step)
-                for (y, c), v in zip(pos, x0w, strict=True):
-                    x0_sum[:, y : y + window, c : c + window] += v
-                if bar:
-                    bar.advance(inner, len(idx))
-            x0 = x0_sum / count
-            eps = (x - step.alpha**0.5 * x0) / (1 - step.alpha) ** 0.5
-            xi = keyed_normal(x.shape, seed, "post_step", [0], step.index, device)[0]
-            x = strided_update(x0, eps, xi, step, config.variance_preserving_update)
-            if on_step is not None:
-                on_step(step.index, x.cpu())
+                bar.reset(inner, total=len(order))
+                bar.update(inner, description=f"post-processing: step {s + 1}/{len(steps)}, windows")
+            _post_step(
+                unet,
+                steps[s],
+                _RowReader(buffers.array(s)),
+                buffers.array(s + 1),
+                noise("post_step", steps[s].index),
+                contexts,
+                order,
+                (count_y, count_x),
+                window,
+                config,
+                lambda n: bar.advance(inner, n) if bar else None,
+            )
+            buffers.mark(s)
             if bar:
                 bar.advance(outer)
-    return x.cpu()
+    return LatentView(buffers.array(len(steps)), 0, 0, height, width)

@@ -108,12 +108,27 @@ def reference_side(reference: torch.Tensor | np.ndarray, tile: int) -> int | Non
     return int(h) if h == w else None
 
 
-def build_ssl_encoder(encoder: Any, weights: str | Path | None, device: Any, channels: int):
-    """``encoder``: a name (``uni``, ``dinov2``, ``timm:<name>``; ``weights`` a local file or ``"random"``)
-    or an encoder object with ``.dim`` and ``.embed`` (:class:`~zoomldm.data.encoders.SSLEncoder`)."""
-    from ..data.encoders import build_encoder
+def default_encoder(checkpoint: Any) -> str:
+    """The SSL encoder a model's references are embedded with when none is named: the embedded offline
+    model's own encoder for that model (its Summarizer was trained on its 64-d grids), UNI otherwise.
+    ``checkpoint``: the checkpoint id/path, or a pipeline (its provenance names where it was loaded from)."""
+    from ..models.embedded import EMBEDDED, is_embedded
 
-    if isinstance(encoder, str):
+    if hasattr(checkpoint, "provenance"):
+        checkpoint = checkpoint.provenance.get("checkpoint")
+    return EMBEDDED if is_embedded(checkpoint) else "uni"
+
+
+def build_ssl_encoder(encoder: Any, weights: str | Path | None, device: Any, channels: int):
+    """``encoder``: a name (``uni``, ``dinov2``, ``timm:<name>``, ``embedded``: the embedded offline model's
+    own; ``weights`` a local file or ``"random"``) or an encoder object with ``.dim`` and ``.embed``
+    (:class:`~zoomldm.data.encoders.SSLEncoder`)."""
+    from ..data.encoders import build_encoder
+    from ..models.embedded import EMBEDDED, embedded_encoder
+
+    if encoder == EMBEDDED and weights is None:
+        encoder = embedded_encoder(str(device))
+    elif isinstance(encoder, str):
         if weights not in (None, "random") and not Path(weights).is_file():
             raise InputError(f"{weights}: encoder weights not found (pass the local weights file)")
         encoder = build_encoder(encoder, weights=weights, device=device)
@@ -140,5 +155,7 @@ def embed_reference(
             f"{what} is {image.shape[1]}×{image.shape[0]}; a {guide} guide needs the {side}² region at "
             f"{pipe.scales[0]} under it (one SSL embedding per {tile}² tile)"
         )
+    if encoder is None:
+        encoder = default_encoder(pipe)
     enc = build_ssl_encoder(encoder, weights, pipe.device, pipe.config.ssl_channels)
     return encode_region_grid(enc, image, tile=tile).float().cpu()

@@ -6,6 +6,14 @@ the same settings: keyword arguments named as the CLI options (``t0``, ``inner_s
 :class:`~.superres.SRConfig`, :class:`~.postprocess.PostprocessConfig`, :class:`~.decode.DecodeConfig`,
 :class:`~.inversion.InversionConfig`) given or defaulted. One table maps each name to its field, so the two
 faces cannot drift apart.
+
+**Schedules** (:data:`SCHEDULES`): ``schedule="official"`` (the default: the authors' 20 outer steps of
+stride 50 and 10 Newton iterations; 5 for super-resolution) or ``schedule="fast"``, a preset of half the outer
+steps (stride 100) and 5 Newton iterations (joint sampling: half the official 10; super-resolution keeps its
+5) chosen from a sweep of the constraint error against UNet + VQ cost
+(``benchmarks/sweep_schedule.py``, docs/large_images.md "Schedules"): a cost/constraint trade-off, not a
+quality claim. A preset is a set of options by CLI name applied *before* the caller's own options, so
+``schedule="fast", inner_steps=4`` keeps the fast stride with 4 iterations.
 """
 
 from __future__ import annotations
@@ -47,6 +55,21 @@ OPTIONS: dict[str, tuple[str, str]] = {
 #: options that are not a field: ``no_postprocess=True`` is ``postprocess=False``
 FLAGS = ("no_postprocess",)
 
+#: schedule presets: options by CLI name (applied before the caller's options). ``fast``: see the module
+#: docstring and docs/large_images.md "Schedules" for the sweep it was chosen from.
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "official": {},
+    "fast": {"stride": 100, "inner_steps": 5},
+}
+
+
+def schedule_options(schedule: str = "official", superres: bool = False) -> dict[str, Any]:
+    """The options of a schedule preset (:data:`SCHEDULES`); ``superres`` is accepted for symmetry (both
+    commands take the same preset). Unknown names are a :class:`ConfigError` listing the presets."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {schedule!r}; the schedules are {', '.join(SCHEDULES)}")
+    return dict(SCHEDULES[schedule])
+
 
 @dataclass(frozen=True)
 class LargeImageSettings:
@@ -72,19 +95,23 @@ def large_image_settings(
     postprocess: PostprocessConfig | bool | None = True,
     decode: DecodeConfig | None = None,
     inversion: InversionConfig | None = None,
+    schedule: str = "official",
     **options: Any,
 ) -> LargeImageSettings:
     """Build the settings: the given dataclasses (defaults: the official values; ``sampling_cls`` is
-    :class:`JointSamplingConfig` or ``SRConfig``), then ``options`` by CLI name on top of them.
+    :class:`JointSamplingConfig` or ``SRConfig``), then the ``schedule`` preset's options
+    (:data:`SCHEDULES`), then ``options`` by CLI name on top of them.
 
     Raises:
         ConfigError: an unknown option name, a value the dataclass rejects, or an object of the wrong type.
     """
+    options = {**schedule_options(schedule), **options}
     unknown = sorted(set(options) - set(OPTIONS) - set(FLAGS))
     if unknown:
         raise ConfigError(
             f"unknown setting {', '.join(unknown)}; the settings are {', '.join([*OPTIONS, *FLAGS])} "
-            "(named as the command-line options) or the config=/postprocess=/decode=/inversion= objects"
+            "(named as the command-line options), schedule= (official, fast) or the "
+            "config=/postprocess=/decode=/inversion= objects"
         )
     groups: dict[str, Any] = {
         "sampling": _check_type(config, JointSamplingConfig, "config") or sampling_cls(),
