@@ -550,19 +550,10 @@ def activation_profile(config: ZoomLDMConfig, dtype: str = "float32", vae_dtype:
 
 
 def _torch_dtype(name: str):
-    import torch
+    """The pipeline's dtype names (``float32``/``fp32``, ``float16``/``fp16``, ``bfloat16``/``bf16``)."""
+    from ..pipeline import _dtype
 
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if name not in table:
-        raise ConfigError(f"dtype must be float32, float16 or bfloat16; got {name!r}")
-    return table[name]
+    return _dtype(name)
 
 
 def _dtype_bytes(name: str) -> int:
