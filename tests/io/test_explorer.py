@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from _fixtures import run_cli
+from _fixtures import one_thread, run_cli
 from zoomldm import ZoomLDMPipeline
 from zoomldm.errors import ZoomLDMError
 from zoomldm.io.explorer import Explorer, block_seed, downsample2, feather, psnr, seam_statistics
@@ -40,11 +39,8 @@ KEEP = dict(GEOMETRY, blend=0)  # no blending: a tile is one block's centre (cac
 
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
-    """One intra-op thread: the small models are much faster so on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

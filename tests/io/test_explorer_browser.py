@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from _fixtures import chromium
+from _fixtures import chromium, one_thread
 from zoomldm import ZoomLDMPipeline
 from zoomldm.io.viewer import serve
 
@@ -28,10 +27,8 @@ WIDTH, HEIGHT, CAPTION = 400, 300, 22  # window; the caption bar at the bottom i
 
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 def _cells(image: np.ndarray, n: int) -> np.ndarray:

@@ -14,8 +14,8 @@ compat model.
 from __future__ import annotations
 
 import pytest
-import torch
 
+from _fixtures import one_thread
 from zoomldm import ZoomLDMPipeline
 from zoomldm.models.embedded import embedded_model_path
 
@@ -57,7 +57,5 @@ def single_thread():
     """One intra-op thread: these small models are 10× faster on a loaded 2-core machine than with two
     threads (measured: 0.8 s vs 7-15 s for the same generation), whose barriers wait for a descheduled
     peer (results differ only by float rounding). Module-scoped so that it covers module-scoped fixtures."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
