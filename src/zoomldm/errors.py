@@ -8,6 +8,16 @@ exits with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 
+def quoted(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (``'1111…' (5000 chars)``):
+    a pasted 5000-character argument must not make the one-line message 5000 characters long."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} chars)" if isinstance(value, str) else ""
+    return f"{text[: limit - 1]}…{size}"
+
+
 class ZoomLDMError(Exception):
     """An error caused by the user's input, with a message that says what to do."""
 

@@ -334,14 +334,14 @@ def _current_context():
 
 
 def _parse_tile_batch(text: str) -> int | str:
-    from ..errors import ConfigError
+    from ..errors import ConfigError, quoted
 
     if text == "auto":
         return text
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(f"--tile-batch takes a number of tiles or auto; got {text!r}") from None
+        raise ConfigError(f"--tile-batch takes a number of tiles or auto; got {quoted(text)}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -350,14 +350,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
-    from ..errors import ConfigError
+    from ..errors import ConfigError, quoted
 
     if text is None:
         return None
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--region must be X,Y,W,H in pixels; got {text!r}") from None
+        raise ConfigError(f"--region must be X,Y,W,H in pixels; got {quoted(text)}") from None
     return x, y, w, h
 
 

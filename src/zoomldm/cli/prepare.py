@@ -155,24 +155,24 @@ def _parse_levels(text: str | None) -> tuple[str | int, ...] | None:
 
 
 def _parse_thresholds(text: str | None) -> float | tuple[float, ...] | None:
-    from ..errors import ZoomLDMError
+    from ..errors import ZoomLDMError, quoted
 
     if text is None:
         return None
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise ZoomLDMError(f"--tissue-threshold expects numbers in [0, 1], got {text!r}") from None
+        raise ZoomLDMError(f"--tissue-threshold expects numbers in [0, 1], got {quoted(text)}") from None
     if not all(0 <= v <= 1 for v in values):  # also refuses NaN (every comparison with NaN is false)
-        raise ZoomLDMError(f"--tissue-threshold expects numbers in [0, 1], got {text!r}")
+        raise ZoomLDMError(f"--tissue-threshold expects numbers in [0, 1], got {quoted(text)}")
     return values[0] if len(values) == 1 else values
 
 
 def parse_option(text: str) -> tuple[str, object]:
-    from ..errors import ZoomLDMError
+    from ..errors import ZoomLDMError, quoted
 
     if "=" not in text:
-        raise ZoomLDMError(f"--encoder-option expects KEY=VALUE, got {text!r}")
+        raise ZoomLDMError(f"--encoder-option expects KEY=VALUE, got {quoted(text)}")
     key, value = text.split("=", 1)
     for cast in (int, float):
         try:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ZoomLDMError
+from ..errors import ZoomLDMError, quoted
 from ..scales import Magnification
 from ..schedule import make_scheduler
 
@@ -45,7 +45,7 @@ def parse_blocks(blocks: str | Sequence[str], n_up: int) -> tuple[str, ...]:
     for name in names:
         match = _BLOCK.match(name)
         if match is None or (match.group(2) is not None and int(match.group(2)) >= n_up):
-            raise ZoomLDMError(f"unknown UNet block {name!r}; this UNet has mid and up0..up{n_up - 1}")
+            raise ZoomLDMError(f"unknown UNet block {quoted(name)}; this UNet has mid and up0..up{n_up - 1}")
     if len(set(names)) != len(names):
         raise ZoomLDMError(f"a UNet block is named twice in {names}")
     return tuple(names)

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, quoted
 
 INIT_KINDS = ("scratch", "official", "pretrained", "compvis")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -404,11 +404,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=1e-4")
+            raise ConfigError(
+                f"override {quoted(item)}: expected KEY=VALUE with a dotted key, e.g. optim.lr=1e-4"
+            )
         key, text = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise ConfigError(f"override {item!r}: empty key")
+            raise ConfigError(f"override {quoted(item)}: empty key")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a 5000-digit int, "[[[[…": the text
@@ -417,7 +419,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for p in parts[:-1]:
             child = node.setdefault(p, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {p} is not a section")
+                raise ConfigError(f"override {quoted(item)}: {p} is not a section")
             node = child
         node[parts[-1]] = value
     return out
@@ -462,24 +464,24 @@ def _coerce(hint: Any, value: Any, key: str, source: str | _Source) -> Any:
         raise errors[0]
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{_at(source, key)}: expected a list, got {value!r}")
+            raise ConfigError(f"{_at(source, key)}: expected a list, got {quoted(value)}")
         return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{_at(source, key)}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{_at(source, key)}: expected a mapping, got {quoted(value)}")
         return dict(value)
     if hint is Any:
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{_at(source, key)}: expected true or false, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected true or false, got {quoted(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{_at(source, key)}: expected an integer, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected an integer, got {quoted(value)}")
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -488,11 +490,11 @@ def _coerce(hint: Any, value: Any, key: str, source: str | _Source) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{_at(source, key)}: expected a number, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected a number, got {quoted(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{_at(source, key)}: expected a string, got {value!r}")
+        raise ConfigError(f"{_at(source, key)}: expected a string, got {quoted(value)}")
     return value
