@@ -28,6 +28,13 @@ from .io.images import contact_sheet, save_png
 from .pipeline import ZoomLDMPipeline
 
 DEMO_IMAGE = "brca_20x_1024.jpg"
+#: the large-image schedule of the small offline models (by CLI name): 5 outer steps from t = 1000 (stride
+#: 200), 1 Newton iteration, a 2-step post-processing from t = 100. It starts at t0 = 1000 because the
+#: trained models' latents have unit spread: a shorter start from pure noise (t0 200, used before the
+#: embedded VQ's latents were normalised) would hand the UNet noise where it expects a nearly clean latent.
+#: 156 s for the 1024² image on 2 idle cores; structure coherence 0.31 (real H&E 0.25-0.50;
+#: docs/embedded_model.md, benchmarks/RESULTS.md). The official schedule took > 17 min on 2 CPU cores.
+CPU_LARGE_IMAGE = dict(t0=1000, stride=200, inner_steps=1, post_t0=100, post_stride=50)
 
 
 def load_demo_pipeline(checkpoint: str | None, device: str) -> tuple[ZoomLDMPipeline, object, str]:
@@ -121,21 +128,21 @@ def run_demo(
     save_png(out / "contact_sheet.png", np.concatenate(sheets, axis=0), {"what": "one row per magnification"})
     # the official large-image schedule for the published model; the short CPU one for the small models
     # (the official one took > 17 min on 2 CPU cores with the embedded model, measured)
-    summary["large_image"] = _large_image(pipe, grid, out, kind == "published", seed)
+    summary["large_image"] = large_image(pipe, grid, out, kind == "published", seed)
     with atomic_path(out / "summary.json") as tmp:  # whole or absent (issue 12: nothing is lost)
         tmp.write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}/contact_sheet.png and per-level patches ({len(pipe.scales)} magnifications)")
     return summary
 
 
-def _large_image(pipe: ZoomLDMPipeline, grid: torch.Tensor, out: Path, official: bool, seed: int) -> dict:
-    """A 1024² image at 20x jointly with its 5x guide (SPEC §4), written as a pyramidal TIFF.
+def large_image(pipe: ZoomLDMPipeline, grid: torch.Tensor, out: Path, official: bool, seed: int) -> dict:
+    """The demo's large image: 1024² at 20x jointly with its 5x guide (SPEC §4), written as a pyramidal TIFF
+    ``<out>/large_20x.tif``; ``grid`` is the SSL grid of the bundled 1024² region.
 
     The published model uses the official hyper-parameters. The small offline models (embedded or random)
-    use a short schedule (2 outer steps, 1 Newton iteration, a 2-step post-processing; the settings by their
-    CLI names) so the stage runs in minutes on a CPU.
+    use :data:`CPU_LARGE_IMAGE` so the stage runs in minutes on a CPU.
     """
-    fast = {} if official else dict(t0=200, stride=100, inner_steps=1, post_t0=100, post_stride=50)
+    fast = {} if official else dict(CPU_LARGE_IMAGE)
     guide = pipe.scales.for_downsample(grid.shape[-1])  # the 1024² crop covers one 5x patch
     result = pipe.generate_large(
         reference=grid, guide=guide, seed=seed, out=out / "large_20x.tif", resume=False, **fast

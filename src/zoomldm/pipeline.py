@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MAX_GUIDANCE = 50.0
 MAX_STEPS = 1000
+#: a model folder's optional Conditioning Diffusion Model (reference-free sampling; ``train-cdm`` format)
+CDM_DIR = "cdm"
 
 
 @dataclass
@@ -83,6 +85,9 @@ class ZoomLDMPipeline:
         self.provenance = dict(provenance or {})
         #: what :meth:`optimize` applied (reported with sampling settings, never saved with the weights)
         self.inference_settings: dict[str, Any] = {}
+        #: the CDM shipped in the model's folder (``<model>/cdm/``, trained on this model's Summarizer
+        #: tokens; the embedded model has one), used for reference-free sampling when no other is given
+        self.cdm_dir: Path | None = None
 
     # ------------------------------------------------------------------------------------------
     # construction
@@ -194,7 +199,10 @@ class ZoomLDMPipeline:
         summarizer = load_pretrained_component(Summarizer, src.path / "summarizer", "Summarizer")
         saved = meta.get("provenance")
         prov = dict(saved if isinstance(saved, dict) else {}, checkpoint=str(src.path), format="zoomldm")
-        return cls(unet, vae, summarizer, cfg, prov).to(device=device, dtype=dtype)
+        pipe = cls(unet, vae, summarizer, cfg, prov).to(device=device, dtype=dtype)
+        if (src.path / CDM_DIR / "config.json").is_file():
+            pipe.cdm_dir = src.path / CDM_DIR
+        return pipe
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write our format (safetensors + JSON configs) atomically: a crash never leaves half a model."""
@@ -354,21 +362,28 @@ class ZoomLDMPipeline:
         context: torch.Tensor | None = None,
         prepare: bool = True,
         progress: bool = True,
+        cdm: str | Path | Any | None = None,
+        cdm_steps: int = 200,
     ) -> PatchSamplingOutput:
         """Generate ``num_images`` patches at ``magnification``.
 
         Conditions: ``ssl`` is one raw grid ``[C,h,w]`` (used for every image), a batch ``[N,C,h,w]``
-        or a list of N grids; or ``context`` gives Summarizer-space tokens ``[N or 1, 65, D]`` directly
-        (e.g. sampled by the CDM). The initial noise for all N images is drawn at once from ``seed``,
-        so the result does not depend on ``batch_size``.
+        or a list of N grids; or ``context`` gives Summarizer-space tokens ``[N or 1, 65, D]`` directly;
+        or neither, reference-free: the tokens are sampled by the Conditioning Diffusion Model ``cdm`` (a
+        folder, the authors' file or a :class:`~zoomldm.models.cdm.ConditioningDiT`; default the model's
+        own, :attr:`cdm_dir`) in ``cdm_steps`` DDIM steps, seeded by ``seed``. The initial noise for all
+        N images is drawn at once from ``seed``, so the result does not depend on ``batch_size``.
         """
         _check_sampling_args(num_inference_steps, guidance_scale)
         if num_images < 1 or batch_size < 1:
             raise ConfigError("num_images and batch_size must be at least 1")
         mag = self.magnification(magnification)
+        if ssl is not None and cdm is not None:
+            raise ConfigError("give ssl= (a real region's embeddings) or cdm= (reference-free), not both")
+        reference_free = context is None and ssl is None
+        if reference_free:
+            context = self._cdm_context(cdm, mag, num_images, cdm_steps, seed)
         if context is None:
-            if ssl is None:
-                raise InputError("give SSL embeddings (ssl=…) or conditioning tokens (context=…)")
             grids = (
                 list(ssl.unbind(0))
                 if isinstance(ssl, torch.Tensor) and ssl.dim() == 4
@@ -417,9 +432,41 @@ class ZoomLDMPipeline:
             "num_images": num_images,
             **self.provenance,
         }
+        if reference_free:
+            source = cdm if cdm is not None else self.cdm_dir
+            settings["conditions"] = (
+                f"CDM {source if isinstance(source, str | Path) else type(source).__name__}"
+            )
+            settings["cdm_steps"] = cdm_steps
         if self.inference_settings:
             settings["inference_settings"] = self.inference_settings
         return PatchSamplingOutput(np.concatenate(images), torch.cat(latents), settings)
+
+    def _cdm_context(self, cdm, mag: Magnification, num_images: int, steps: int, seed: int | None):
+        """Reference-free conditioning: ``num_images`` token sets of the CDM (``cdm`` or :attr:`cdm_dir`)."""
+        from .models.cdm_diffusion import sample_cdm
+
+        cdm = cdm if cdm is not None else self.cdm_dir
+        if cdm is None:
+            raise InputError(
+                "give SSL embeddings (ssl=…), conditioning tokens (context=…) or a CDM (cdm=…) for "
+                "reference-free sampling; this model ships no CDM of its own"
+            )
+        if steps < 1:
+            raise ConfigError(f"cdm_steps {steps}: must be at least 1")
+        model = _load_cdm(cdm, self.device)
+        if model.config.token_dim != self.config.context_dim:
+            raise ZoomLDMError(
+                f"the CDM makes {model.config.token_dim}-d tokens but this model's context is "
+                f"{self.config.context_dim}-d (a CDM of another model?)"
+            )
+        if model.config.num_magnifications != len(self.scales):
+            raise ZoomLDMError(
+                f"the CDM knows {model.config.num_magnifications} magnifications, this model {len(self.scales)}"
+            )
+        generator = torch.Generator(self.device).manual_seed(seed if seed is not None else torch.seed())
+        with torch.no_grad():
+            return sample_cdm(model, mag.index, batch_size=num_images, num_steps=steps, generator=generator)
 
     # ------------------------------------------------------------------------------------------
     # large images (SPEC §4) and super-resolution (SPEC §5)
@@ -502,9 +549,11 @@ class ZoomLDMPipeline:
         if reference is not None and cdm is not None:
             raise ConfigError("give reference= (a real region) or cdm= (reference-free), not both")
         if reference is None and cdm is None:
+            cdm = self.cdm_dir  # the model's own CDM (e.g. the embedded model's), if it ships one
+        if reference is None and cdm is None:
             raise InputError(
                 "large images need a reference region (reference=/--reference: an image or its SSL grid); "
-                "reference-free generation needs a CDM checkpoint (cdm=/--cdm)"
+                "reference-free generation needs a CDM checkpoint (cdm=/--cdm; this model ships none)"
             )
         settings = large_image_settings(
             self, config=config, postprocess=postprocess, decode=decode, inversion=inversion, **options

@@ -30,7 +30,7 @@ def _card(**over) -> dict:
         "inputs": {"brca_001.jpeg": "0" * 64},
         "licence": "test",
         "commands": {"train-vae": "zoomldm train-vae x --out y"},
-        "steps": {"vae": 1, "unet": 1},
+        "steps": {"vae": 1, "unet": 1, "cdm": 1},
         "wall_time_s": {"total": 1.0},
         "vae_held_out": {
             "psnr_db": 20.0,
@@ -40,7 +40,11 @@ def _card(**over) -> dict:
             "codebook_size": 64,
         },
         "vae_final_loss": {"step": 1, "loss": 0.1},
+        "vae_scaling": {"latent_std": 0.25, "latent_scale": 4.0},
         "unet_final_loss": {"line": "step 1: loss 0.5"},
+        "cdm_final_loss": {"line": "step 1: loss 0.7"},
+        "cdm_tokens": {"20x": {"patches": 4, "cdm": 1.0, "gaussian": 2.0, "real_halves": 0.5}},
+        "threads": 2,
         "precision": {"float16_unet_summarizer": True},
         "colour_stats": {
             "20x": {"stored": {"mean": [1], "std": [1]}, "generated": {"mean": [1], "std": [1]}}

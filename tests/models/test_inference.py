@@ -105,3 +105,31 @@ def test_quantizer_codes_do_not_depend_on_the_chunking(pipe, monkeypatch):
     zq_c, _, (_, _, idx_c) = quant(z)
     assert torch.equal(idx, idx_c)
     assert torch.equal(zq, zq_c)
+
+
+@pytest.mark.parametrize("scale", [4.41, 0.3])
+def test_rescale_latents_is_an_exact_change_of_coordinates(pipe, scale):
+    """``rescale_latents(s)``: ``encode`` gives ``s·h``, the same codes are chosen, ``decode`` gives the same
+    image (the compat VQ-f4's official weights; float32 rounding only)."""
+    from zoomldm.models.autoencoder import rescale_latents
+
+    g = torch.Generator().manual_seed(2)
+    img = torch.rand(2, 3, pipe.config.image_size, pipe.config.image_size, generator=g) * 2 - 1
+    with torch.no_grad():
+        h = pipe.vae.encode(img).latents
+        _, _, (_, _, codes) = pipe.vae.quantize(h)
+        image = pipe.vae.decode(h).sample
+        rescale_latents(pipe.vae, scale)
+        h2 = pipe.vae.encode(img).latents
+        _, _, (_, _, codes2) = pipe.vae.quantize(h2)
+        assert torch.allclose(h2, scale * h, rtol=1e-5, atol=1e-6)
+        assert torch.equal(codes, codes2)
+        assert (pipe.vae.decode(h2).sample - image).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_rescale_latents_refuses_a_bad_factor(pipe, scale):
+    from zoomldm.models.autoencoder import rescale_latents
+
+    with pytest.raises(ValueError, match="positive finite"):
+        rescale_latents(pipe.vae, scale)

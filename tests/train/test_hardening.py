@@ -197,3 +197,11 @@ def test_training_checkpoints_are_readable_under_umask_022(make_config, tmp_path
     assert {m for kind, m in modes if kind == "d"} == {0o755}
     assert {m for kind, m in modes if kind == "f"} == {0o644}
     assert any(p.suffix == ".safetensors" for p in checkpoint.rglob("*"))
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_snr_gamma_must_be_a_positive_number(tmp_path, value):
+    path = _write(tmp_path, "model: {config: tiny}\ndata: {store: x.zarr}\n")
+    with pytest.raises(ConfigError, match=r"train.snr_gamma"):
+        TrainConfig.from_yaml(path, [f"train.snr_gamma={value}"]).validate()
+    assert TrainConfig.from_yaml(path, ["train.snr_gamma=5"]).train.snr_gamma == 5

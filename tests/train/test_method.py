@@ -63,6 +63,28 @@ def test_loss_is_eps_mse_with_draws_from_the_generator_in_order():
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def test_min_snr_weighting_multiplies_each_samples_loss():
+    """``snr_gamma``: the same draws, each sample's ε-MSE times min(SNR_t, γ)/SNR_t (SNR = ᾱ/(1−ᾱ)); 1 where
+    SNR ≤ γ (noisy steps), below 1 for the nearly clean ones."""
+    from zoomldm.train.objective import min_snr_weights
+
+    model, cfg = _tiny_model()
+    sched = training_noise_scheduler(cfg.schedule)
+    z0 = torch.randn(4, 3, 16, 16)
+    ssl = [torch.randn(64, 2, 2)] * 4
+    mag = torch.tensor([0, 1, 2, 3])
+    plain = diffusion_loss(model, sched, z0, ssl, mag, 0.0, torch.Generator().manual_seed(5))
+    weighted = diffusion_loss(
+        model, sched, z0, ssl, mag, 0.0, torch.Generator().manual_seed(5), snr_gamma=5.0
+    )
+    t = torch.randint(0, 1000, (4,), generator=torch.Generator().manual_seed(5))
+    abar = sched.alphas_cumprod.double()[t]
+    snr = abar / (1 - abar)
+    torch.testing.assert_close(weighted, plain * (torch.clamp(snr, max=5.0) / snr).float(), rtol=1e-6, atol=0)
+    w = min_snr_weights(sched, torch.tensor([0, 50, 300, 999]), 5.0)
+    assert w[0] < 0.01 and 0 < w[1] < 1 and w[2] == 1 and w[3] == 1, w  # SNR(0) ≈ 666, SNR(300) ≈ 1
+
+
 def test_conditioning_dropout_zeroes_whole_contexts_at_rate_p():
     ctx = torch.randn(4000, 65, 8) + 3.0
     out = Summarizer.drop_conditions(ctx, 0.1, torch.Generator().manual_seed(0))

@@ -75,8 +75,39 @@ def test_loss_falls_and_held_out_psnr_is_recorded(brca_png: Path, tmp_path: Path
     from safetensors.torch import load_file
 
     trained = load_file(str(last))
+    # ... rescaled to unit latent std (exactly): quant_conv and the codebook × s, post_quant_conv's weight / s
+    scale = saved["latent_scale"]
+    assert scale == pytest.approx(1 / saved["latent_std"]) and scale != pytest.approx(1.0, rel=0.05)
+    rescaled = {
+        "quant_conv.weight": scale,
+        "quant_conv.bias": scale,
+        "quantize.embedding.weight": scale,
+        "post_quant_conv.weight": 1 / scale,
+    }
     for name, tensor in pipe.vae.state_dict().items():
+        expected = trained[name] * rescaled.get(name, 1.0)
+        assert torch.allclose(tensor, expected, rtol=1e-6, atol=0), name
+    source = CropSource([np.asarray(Image.open(brca_png))], 32, 2, 0.125, 4)
+    plain = ZoomLDMPipeline.from_pretrained(result.model_dir)
+    plain.vae.load_state_dict(trained)
+    with torch.no_grad():
+        latents = pipe.encode_images(source.eval_crops)
+        assert float(latents.std()) == pytest.approx(1.0, abs=1e-4)  # measured on these very crops
+        same = plain.decode_latents(plain.encode_images(source.eval_crops))
+        assert (pipe.decode_latents(latents) - same).abs().max() < 1e-4  # the same codes, the same images
+
+
+def test_no_normalize_latents_exports_the_trained_weights(brca_png: Path, tmp_path: Path):
+    """``--no-normalize-latents``: the exported VQ is the last checkpoint's, tensor for tensor."""
+    from safetensors.torch import load_file
+
+    from zoomldm.pipeline import ZoomLDMPipeline
+
+    result = train_vae(_config(brca_png, tmp_path, max_steps=2, normalize_latents=False), _narrow_config())
+    trained = load_file(str(result.checkpoints[-1] / "vae" / "diffusion_pytorch_model.safetensors"))
+    for name, tensor in ZoomLDMPipeline.from_pretrained(result.model_dir).vae.state_dict().items():
         assert torch.equal(tensor, trained[name]), name
+    assert "latent_scale" not in json.loads((tmp_path / "metrics.json").read_text())
 
 
 def test_resume_continues_bit_exactly(brca_png: Path, tmp_path: Path):

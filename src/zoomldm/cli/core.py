@@ -97,10 +97,15 @@ def sample(
         help="reference image region at base resolution; its 256² tiles are embedded by --encoder",
     ),
     unconditional: bool = typer.Option(
-        False, "--unconditional", help="no reference: conditioning tokens sampled by the CDM (--cdm)"
+        False,
+        "--unconditional",
+        help="no reference: conditioning tokens sampled by the CDM (--cdm, default the model's own)",
     ),
     cdm: Path = typer.Option(
-        None, "--cdm", help="CDM checkpoint (ours, a train-cdm step dir, or the authors' DiT file)"
+        None,
+        "--cdm",
+        help="CDM checkpoint (ours, a train-cdm step dir, or the authors' DiT file); default: the one the "
+        "model ships (the embedded model's)",
     ),
     cdm_steps: int = typer.Option(200, "--cdm-steps", help="DDIM steps of the CDM (authors: 200)"),
     encoder: str = typer.Option(
@@ -141,8 +146,6 @@ def sample(
 
     if sum(x is not None and x is not False for x in (ssl, reference, unconditional or None)) != 1:
         raise ZoomLDMError("give exactly one of --ssl FILE, --reference IMAGE or --unconditional --cdm CKPT")
-    if unconditional and cdm is None:
-        raise ZoomLDMError("--unconditional needs the Conditioning Diffusion Model: --cdm CHECKPOINT")
     for path in (
         ssl,
         reference,
@@ -171,6 +174,12 @@ def sample(
     apply_speed_settings(pipe, optimize, compile)
     mag = pipe.magnification(magnification)
     if unconditional:
+        cdm = cdm or pipe.cdm_dir  # the model's own CDM (the embedded model ships one)
+        if cdm is None:
+            raise ZoomLDMError(
+                "--unconditional needs the Conditioning Diffusion Model: --cdm CHECKPOINT (this model "
+                "ships none)"
+            )
         _write_patches(
             out, _sample_unconditional(pipe, cdm, mag, n, steps, guidance, scheduler, cdm_steps, seed, device)
         )

@@ -448,7 +448,9 @@ def generate(
         help="output .tif/.ome.tif/.png (default outputs/large_<guide>_<to>_seed<N>.png or .tif; "
         "outputs/large_seed<N>.tif when the guide is taken from the reference)",
     ),
-    cdm: Path = typer.Option(None, "--cdm", help="CDM checkpoint for reference-free generation"),
+    cdm: Path = typer.Option(
+        None, "--cdm", help="CDM for reference-free generation (default: the one the model ships, if any)"
+    ),
     encoder: str = typer.Option(
         None,
         "--encoder",
@@ -478,7 +480,7 @@ def generate(
         target=target,
         size=size,
         region=regions,
-        reference_free=reference is None and cdm is not None,
+        reference_free=reference is None,  # the CDM given, or the model's own (known once loaded)
     )
     ckpt, pipe = opts.load()
     gmag = parse_level(pipe, guide, "--guide") if guide is not None else None  # parsed once, here

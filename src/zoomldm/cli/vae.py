@@ -39,6 +39,11 @@ def train_vae(
     resume: str = typer.Option("auto", "--resume", help="auto (continue the newest checkpoint) or never"),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16"),
     seed: int = typer.Option(0, "--seed"),
+    normalize_latents: bool = typer.Option(
+        True,
+        "--normalize-latents/--no-normalize-latents",
+        help="export the VQ rescaled (exactly) to unit latent std: the diffusion's schedule assumes it",
+    ),
 ) -> None:
     """Train the VQ-f4 autoencoder (L1 + codebook/commitment loss) and report its held-out PSNR. The
     result, <out>/model, is what `zoomldm prepare --checkpoint` and `model.vae` take. Rerun to resume."""
@@ -68,6 +73,7 @@ def train_vae(
         log_every=log_every,
         resume=resume,
         mixed_precision=mixed_precision,
+        normalize_latents=normalize_latents,
     )
     result = run(cfg, log=typer.echo)
     psnr = result.metrics.get("psnr_db")

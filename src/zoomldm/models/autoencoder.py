@@ -69,3 +69,28 @@ def use_official_quantizer(vae: VQModel) -> VQModel:
 def build_vae(config: dict[str, Any]) -> VQModel:
     """A randomly initialised VQ-f4 with the given diffusers config (``ZoomLDMConfig.vae``)."""
     return use_official_quantizer(VQModel(**config))
+
+
+@torch.no_grad()
+def rescale_latents(vae: VQModel, scale: float) -> VQModel:
+    """Multiply the VQ-f4's latent space by ``scale``, exactly, in place: ``encode`` returns ``scale·h`` and
+    ``decode(scale·h)`` equals the old ``decode(h)``.
+
+    ``quant_conv`` (the last layer of ``encode``) and the codebook are multiplied by ``scale`` and the input
+    weights of ``post_quant_conv`` divided by it. A uniform factor multiplies every code distance by
+    ``scale²``, so the nearest code, hence the decoded image, is unchanged (up to float rounding).
+
+    Why: ZoomLDM's latents are used unscaled (SPEC §10.3: the diffusion schedule sees the VQ's raw
+    latents; ``scaling_factor`` is 1), and the β schedule assumes latents of about unit spread, as the
+    official VQ-f4's are. A freshly trained VQ has no such guarantee (the embedded tiny VQ's latents had a
+    std of 0.23, which put the signal below the noise from t ≈ 100 on); ``zoomldm train-vae`` therefore
+    exports its VQ rescaled to unit latent std (:func:`zoomldm.train.vae.latent_scale`).
+    """
+    if not (scale > 0 and torch.isfinite(torch.tensor(scale))):
+        raise ValueError(f"latent scale must be a positive finite number, got {scale!r}")
+    vae.quant_conv.weight.mul_(scale)
+    if vae.quant_conv.bias is not None:
+        vae.quant_conv.bias.mul_(scale)
+    vae.quantize.embedding.weight.mul_(scale)
+    vae.post_quant_conv.weight.div_(scale)
+    return vae

@@ -370,6 +370,7 @@ def load_cdm(path: str | Path, **official_kwargs: Any) -> tuple[ConditioningDiT,
             path = path / "cdm"
         if not (path / "config.json").is_file():
             raise ZoomLDMError(f"{path} is not a CDM folder (no config.json)")
-        model = load_pretrained_component(ConditioningDiT, path, "CDM").eval()
+        # float32 whatever the stored precision (the embedded model keeps its CDM in float16 to save space)
+        model = load_pretrained_component(ConditioningDiT, path, "CDM").float().eval()
         return model, {"source": "ours", "config": dict(model.config), "preset": None, "args": {}}
     return load_official_cdm(path, **official_kwargs)

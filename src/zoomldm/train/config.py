@@ -9,7 +9,7 @@ an error that names it and lists the valid ones (a typo never silently falls bac
     data:    {store, levels, batch_size, num_workers, samples_per_epoch, level_weights, storage_options}
     optim:   {lr, scale_lr, betas, eps, weight_decay, warmup_steps, warmup_start, max_grad_norm,
               gradient_accumulation_steps}
-    train:   {max_steps, p_uncond, mixed_precision, gradient_checkpointing, compile, compile_mode, tf32}
+    train:   {max_steps, p_uncond, snr_gamma, mixed_precision, gradient_checkpointing, compile, compile_mode, tf32}
     ema:     {enabled, decay}
     checkpoint: {every, keep, resume}
     logging: {every, trackers, project, sample_every, samples_per_level, sample_steps, sample_guidance,
@@ -101,6 +101,8 @@ class TrainSection:
     max_steps: int = 100_000
     #: classifier-free dropout of the Summarizer output (zeros = unconditional)
     p_uncond: float = 0.1
+    #: Min-SNR-γ loss weighting (``train.objective.min_snr_weights``; e.g. 5); null: the authors' plain ε-MSE
+    snr_gamma: float | None = None
     #: no | fp16 | bf16 (autocast via accelerate; master weights stay float32)
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = False
@@ -262,6 +264,7 @@ class TrainConfig:
             ("optim.warmup_start", o.warmup_start),
             ("optim.max_grad_norm", o.max_grad_norm),
             ("train.p_uncond", t.p_uncond),
+            ("train.snr_gamma", t.snr_gamma),
             ("ema.decay", self.ema.decay),
             ("logging.sample_guidance", self.logging.sample_guidance),
         ):
@@ -277,6 +280,8 @@ class TrainConfig:
             fail("optim.warmup_start", f"expected a factor in (0, 1], got {o.warmup_start}")
         if o.max_grad_norm is not None and o.max_grad_norm <= 0:
             fail("optim.max_grad_norm", f"must be > 0 (or null), got {o.max_grad_norm}")
+        if t.snr_gamma is not None and t.snr_gamma <= 0:
+            fail("train.snr_gamma", f"must be > 0 (or null for the plain ε-MSE), got {t.snr_gamma}")
         if not 0 <= t.p_uncond < 1:
             fail("train.p_uncond", f"expected a probability in [0, 1), got {t.p_uncond}")
         if t.mixed_precision not in PRECISIONS:

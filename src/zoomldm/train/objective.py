@@ -68,13 +68,34 @@ def diffusion_loss(
     magnification: torch.Tensor,
     p_uncond: float,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Per-sample ε-MSE ``[B]`` (float32); its mean is the official loss. Draws t, ε and the dropout from
-    ``generator`` (in that order), so a seeded generator makes the step reproducible."""
+    ``generator`` (in that order), so a seeded generator makes the step reproducible.
+
+    ``snr_gamma``: weight each sample by :func:`min_snr_weights` (Min-SNR-γ); None: the authors' plain
+    ε-MSE (SPEC §2.4)."""
     b = latents.shape[0]
     n = noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, n, (b,), generator=generator, device=latents.device)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     eps = model(noisy, timesteps, ssl, magnification, p_uncond, generator)
-    return F.mse_loss(eps.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = F.mse_loss(eps.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is not None:
+        loss = loss * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
+    return loss
+
+
+def min_snr_weights(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weights of the ε-MSE, ``min(SNR_t, γ) / SNR_t`` with ``SNR_t = ᾱ_t / (1 − ᾱ_t)``
+    (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting Strategy", ICCV 2023).
+
+    Not in the authors' recipe (their 100k+ GPU steps need no help). Low-noise steps (SNR > γ), whose ε
+    targets are nearly free, are down-weighted, so a short run spends its gradient where structure is
+    decided; the paper measured ≈ 3× faster convergence at γ = 5. Used by the embedded model's short CPU
+    run (``configs/embedded_tiny.yaml``: ``train.snr_gamma: 5``).
+    """
+    abar = noise_scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps]
+    snr = abar / (1 - abar)
+    return (snr.clamp(max=gamma) / snr).float()

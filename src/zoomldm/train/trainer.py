@@ -365,6 +365,7 @@ class Trainer:
                         b["mag"],
                         p_uncond,
                         self.generator,
+                        c.train.snr_gamma,
                     )
                     loss = per_sample.mean()
                     acc.backward(loss)

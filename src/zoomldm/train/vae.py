@@ -19,7 +19,8 @@ of a few large images, at every magnification the diffusion model will see:
 * **training**: accelerate (CPU or one/many GPUs), Adam, checkpoints by
   :func:`zoomldm.train.checkpointing.save_checkpoint` (``checkpoints/step-…/vae/`` + ``training_state/``,
   published atomically, resumable bit-exactly), ``metrics.json`` per checkpoint.
-* **export**: ``<output_dir>/model/`` in our pipeline format — the trained VQ with a seeded random UNet and
+* **export**: ``<output_dir>/model/`` in our pipeline format — the trained VQ (rescaled to unit latent
+  std unless ``normalize_latents`` is off: :func:`latent_scale`) with a seeded random UNet and
   Summarizer of the same architecture — so that ``zoomldm prepare --checkpoint <output_dir>/model`` encodes
   a store with it and ``model.vae: <output_dir>/model`` makes ``zoomldm train`` decode its sample grids
   with it; ``<output_dir>/metrics.json`` holds the final losses and held-out PSNR.
@@ -81,6 +82,10 @@ class VAETrainConfig:
     #: auto (continue from the newest checkpoint in output_dir), never
     resume: str = "auto"
     mixed_precision: str = "no"
+    #: export the VQ rescaled (exactly, :func:`zoomldm.models.autoencoder.rescale_latents`) so that its
+    #: latents have unit standard deviation on the held-out crops: ZoomLDM feeds the VQ's latents to the
+    #: diffusion unscaled, and its β schedule assumes about unit spread (see :func:`latent_scale`)
+    normalize_latents: bool = True
 
     def validate(self) -> None:
         def fail(key: str, message: str) -> None:
@@ -391,12 +396,20 @@ def train_vae(
     if progress.step >= config.max_steps:
         model.eval()
         result.metrics = _evaluate(model, source)
-        result.model_dir = (
-            _export(model, cfg, config, output_dir, progress.step, acc) if acc.is_main_process else None
-        )
+        scaling: dict[str, float] = {}
+        if acc.is_main_process:
+            result.model_dir, scaling = _export(
+                model, cfg, config, output_dir, progress.step, acc, crops=source.eval_crops
+            )
+            if scaling:
+                say(
+                    f"latents: std {scaling['latent_std']:.4f} on the held-out crops; the exported VQ is "
+                    f"rescaled by {scaling['latent_scale']:.4f} to unit std (exact: same codes and images)"
+                )
         if acc.is_main_process:
             final = {
                 "step": progress.step,
+                **scaling,
                 "history": history,
                 "held_out": result.metrics,
                 "settings": config.to_dict(),
@@ -429,20 +442,58 @@ def _read_metrics(checkpoint: Path) -> dict[str, Any]:
         return {}
 
 
+@torch.no_grad()
+def latent_scale(vae: torch.nn.Module, crops: torch.Tensor, batch: int = 16) -> tuple[float, float]:
+    """``(std, 1/std)`` of the VQ's pre-quantisation latents (``encode``) over ``crops`` (``[-1, 1]`` float
+    ``[N, 3, H, W]``, e.g. :attr:`CropSource.eval_crops`).
+
+    ZoomLDM's diffusion sees the VQ-f4's latents unscaled (SPEC §10.3) with the LDM β schedule, which is
+    tuned for latents of about unit spread (the official VQ-f4's). A VQ trained here has no such
+    property: the embedded tiny VQ's latents had a std of 0.23, so at t = 100 the signal-to-noise ratio
+    was 19× (1/0.23²) lower than the schedule intends, and the UNet, which learns structure where the SNR is about 1,
+    saw almost none (its samples were texture). Rather than a scaling factor the pipeline would have to
+    apply everywhere (against SPEC §10.3 and the official checkpoints), the exported VQ itself is
+    rescaled by ``1/std``: an exact change of its latent coordinates (same codes, same decoded images).
+    One uniform factor, not one per channel: only a uniform factor keeps the nearest codes, hence the
+    decoder, unchanged.
+    """
+    values = []
+    for start in range(0, len(crops), batch):
+        values.append(vae.encode(crops[start : start + batch]).latents.float().flatten())
+    std = float(torch.cat(values).std())
+    if not (std > 0 and math.isfinite(std)):
+        raise ConfigError(f"the trained VQ's latents have std {std}: retrain with a lower --lr")
+    return std, 1.0 / std
+
+
 def _export(
-    vae: torch.nn.Module, cfg: ZoomLDMConfig, config: VAETrainConfig, output_dir: Path, step: int, acc
-) -> Path:
-    """``<output_dir>/model``: our pipeline format with the trained VQ (UNet and Summarizer random, seeded)."""
+    vae: torch.nn.Module,
+    cfg: ZoomLDMConfig,
+    config: VAETrainConfig,
+    output_dir: Path,
+    step: int,
+    acc,
+    crops: torch.Tensor | None = None,
+) -> tuple[Path, dict[str, float]]:
+    """``<output_dir>/model``: our pipeline format with the trained VQ (UNet and Summarizer random, seeded),
+    rescaled to unit latent std on ``crops`` when ``config.normalize_latents``; returns the folder and the
+    scaling it applied (``latent_std`` before, ``latent_scale``)."""
     import copy
 
+    from ..models.autoencoder import rescale_latents
     from ..pipeline import ZoomLDMPipeline
 
     random = ZoomLDMPipeline.from_config(cfg, seed=config.seed)
-    trained = copy.deepcopy(vae).to("cpu").eval()
+    trained = copy.deepcopy(vae).to("cpu").float().eval()
+    scaling: dict[str, float] = {}
+    if config.normalize_latents and crops is not None and len(crops):
+        std, scale = latent_scale(trained, crops)
+        rescale_latents(trained, scale)
+        scaling = {"latent_std": std, "latent_scale": scale}
     pipe = ZoomLDMPipeline(random.unet, trained, random.summarizer, cfg, {"config": cfg.preset})
     prov = {
         "weights": f"VQ-f4 trained by `zoomldm train-vae` ({step} steps); UNet and Summarizer random (seed "
         f"{config.seed}): use this model for `zoomldm prepare --checkpoint` and `model.vae`",
-        "vae_training": {"step": step, "images": [str(p) for p in config.images]},
+        "vae_training": {"step": step, "images": [str(p) for p in config.images], **scaling},
     }
-    return pipe.save_pretrained(output_dir / MODEL_DIR, extra=prov)
+    return pipe.save_pretrained(output_dir / MODEL_DIR, extra=prov), scaling
