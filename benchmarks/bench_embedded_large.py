@@ -6,8 +6,8 @@
 
 Generates the 1024² image at 20x jointly with its 5x guide, conditioned on the bundled real region's SSL grid
 (the call of ``zoomldm.demo.large_image``), and prints one table row: seconds, mean structure-tensor coherence
-(σ = 8 px; ``tools/embedded_results.structure_coherence``) of the whole image, of the tile interiors and of the
-image with its Fourier phases randomised (``tests/models/test_embedded_demo.py``'s helpers), the real region's
+(σ = 8 px; ``tools/embedded_results``) of the whole image, of the tile interiors and of the image with its
+Fourier phases randomised, the real region's
 values, and the constraint PSNR against the guide. benchmarks/RESULTS.md ("the demo's large image").
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -48,9 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = json.loads(args.settings) if args.settings else dict(CPU_LARGE_IMAGE)
-    sys.path.insert(0, str(REPO / "tests"))
-    measure = _module("embedded_results", REPO / "tools" / "embedded_results.py").structure_coherence
-    helpers = _module("test_embedded_demo", REPO / "tests" / "models" / "test_embedded_demo.py")
+    tool = _module("embedded_results", REPO / "tools" / "embedded_results.py")
 
     pipe, encoder = load_embedded()
     with resources.files("zoomldm.assets").joinpath(DEMO_IMAGE).open("rb") as f:
@@ -65,10 +62,10 @@ def main() -> None:
     row = [
         json.dumps(settings),
         f"{took:.0f}",
-        f"{measure(image):.3f}",
-        f"{helpers.interior_coherence(image):.3f}",
-        f"{measure(helpers._phase_randomised(image)):.3f}",
-        f"{measure(region):.3f} / {helpers.interior_coherence(region):.3f}",
+        f"{tool.structure_coherence(image):.3f}",
+        f"{tool.interior_coherence(image):.3f}",
+        f"{tool.structure_coherence(tool.phase_randomised(image)):.3f}",
+        f"{tool.structure_coherence(region):.3f} / {tool.interior_coherence(region):.3f}",
         f"{result.metrics['output']['psnr']:.1f}",
     ]
     print("| settings | s | coherence | interiors | phases randomised | real (whole / interiors) | PSNR dB |")

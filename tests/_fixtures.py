@@ -124,3 +124,14 @@ def chromium() -> str:
     pytest.skip(
         "headless browser test needs Debian's `chromium` (apt-get install -y chromium); not installed here"
     )
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (the repository's scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -43,13 +43,12 @@ def descriptor(images: np.ndarray) -> np.ndarray:
     return torch.cat(feats, 1).numpy().astype(np.float64)
 
 
-def structure_coherence(image: np.ndarray, sigma: float = 8.0) -> float:
-    """Mean structure-tensor coherence of a uint8 RGB image's grey values, in [0, 1].
+def coherence_map(image: np.ndarray, sigma: float = 8.0) -> np.ndarray:
+    """Per-pixel structure-tensor coherence of a uint8 RGB image's grey values, in [0, 1].
 
     Gradients (Sobel, after a Gaussian of σ 1 px) form the tensor ``J`` smoothed at ``sigma``; the
     coherence ``√((Jxx−Jyy)² + 4Jxy²) / (Jxx+Jyy)`` is 1 where one orientation dominates (stroma fibres,
-    nuclear outlines) and near 0 for isotropic texture. At 20x (0.5 µm/px) and σ = 8 px: 0.25-0.50 over ten
-    1024² regions of ``brca_001.jpeg``, 0.21 for the embedded model's demo large image (docs/embedded_model.md).
+    nuclear outlines) and near 0 for isotropic texture.
     """
     from PIL import Image
     from scipy import ndimage as ndi
@@ -58,7 +57,43 @@ def structure_coherence(image: np.ndarray, sigma: float = 8.0) -> float:
     grey = ndi.gaussian_filter(grey, 1.0)
     gx, gy = ndi.sobel(grey, 1), ndi.sobel(grey, 0)
     jxx, jyy, jxy = (ndi.gaussian_filter(a, sigma) for a in (gx * gx, gy * gy, gx * gy))
-    return float(np.mean(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-9)))
+    return np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-9)
+
+
+def structure_coherence(image: np.ndarray, sigma: float = 8.0) -> float:
+    """Mean structure-tensor coherence (:func:`coherence_map`). At 20x (0.5 µm/px) and σ = 8 px: 0.25-0.50
+    over ten 1024² regions of ``brca_001.jpeg``, 0.21 for the previous embedded model's demo large image,
+    0.31 for the shipped one's (docs/embedded_model.md)."""
+    return float(coherence_map(image, sigma).mean())
+
+
+def interior_coherence(image: np.ndarray, tile: int = 256, band: int = 24, sigma: float = 8.0) -> float:
+    """Mean coherence away from a ``tile`` grid (``band`` px either side of each seam left out): tile seams
+    are straight edges, which would raise the measure of a tiled image."""
+    coherence = coherence_map(image, sigma)
+    keep = np.ones(image.shape[:2], bool)
+    for edge in range(tile, image.shape[0], tile):
+        keep[edge - band : edge + band, :] = False
+    for edge in range(tile, image.shape[1], tile):
+        keep[:, edge - band : edge + band] = False
+    return float(coherence[keep].mean())
+
+
+def phase_randomised(image: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The image with random Fourier phases: the same amplitude spectrum per channel, one set of phases for
+    all three (keeps the colours), the mean kept — texture with the image's statistics and no structure."""
+    rng = np.random.default_rng(seed)
+    x = image.astype(np.float64)
+    phases = np.angle(np.fft.rfft2(rng.standard_normal(x.shape[:2])))
+    phases[0, 0] = 0.0  # keep the mean
+    out = np.stack(
+        [
+            np.fft.irfft2(np.abs(np.fft.rfft2(x[..., c])) * np.exp(1j * phases), s=x.shape[:2])
+            for c in range(3)
+        ],
+        axis=-1,
+    )
+    return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
 def real_crops(image: np.ndarray, downsample: int, size: int = 256) -> np.ndarray:

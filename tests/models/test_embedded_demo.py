@@ -12,7 +12,6 @@ image. Tile seams are straight edges and would raise the measure, so it is taken
 
 from __future__ import annotations
 
-import importlib.util
 from importlib import resources
 from pathlib import Path
 
@@ -20,32 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fixtures import one_thread
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("embedded_results", REPO / "tools" / "embedded_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def interior_coherence(image: np.ndarray, tile: int = 256, band: int = 24, sigma: float = 8.0) -> float:
-    """Mean structure coherence away from the ``tile`` grid (``band`` px either side of each seam left out)."""
-    from scipy import ndimage as ndi
-
-    grey = ndi.gaussian_filter(np.asarray(Image.fromarray(image).convert("L"), dtype=np.float64), 1.0)
-    gx, gy = ndi.sobel(grey, 1), ndi.sobel(grey, 0)
-    jxx, jyy, jxy = (ndi.gaussian_filter(a, sigma) for a in (gx * gx, gy * gy, gx * gy))
-    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-9)
-    keep = np.ones(image.shape[:2], bool)
-    for edge in range(tile, image.shape[0], tile):
-        keep[edge - band : edge + band, :] = False
-    for edge in range(tile, image.shape[1], tile):
-        keep[:, edge - band : edge + band] = False
-    return float(coherence[keep].mean())
+from _fixtures import load_tool, one_thread
 
 
 @pytest.mark.slow
@@ -69,9 +43,9 @@ def test_demo_large_image_is_tissue(tmp_path: Path):
     image = tifffile.imread(summary["path"])
     assert image.shape == (1024, 1024, 3) and summary["guide"] == "5x"
 
-    measure = _tool().structure_coherence
-    real, generated = interior_coherence(region), interior_coherence(image)
-    scrambled = measure(_phase_randomised(image))
+    tool = load_tool("embedded_results")
+    real, generated = tool.interior_coherence(region), tool.interior_coherence(image)
+    scrambled = tool.structure_coherence(tool.phase_randomised(image))
     # measured: 0.349 (bundled real region, interiors), 0.299 (the demo image, interiors; 0.307 whole),
     # 0.251 for the demo image with its phases randomised (the real region: 0.145)
     assert generated >= 0.25, generated  # the lower end of the real regions' range
@@ -82,22 +56,6 @@ def test_demo_large_image_is_tissue(tmp_path: Path):
     mean = rgb.mean(0)
     assert mean[1] < mean[0] - 30 and mean[1] < mean[2] - 30, mean  # H&E: pink / purple, green lowest
     assert np.abs(mean - region.reshape(-1, 3).mean(0)).max() < 30, mean
-
-
-def _phase_randomised(image: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Same amplitude spectrum per channel, one set of random phases for all three (keeps colour)."""
-    rng = np.random.default_rng(seed)
-    x = image.astype(np.float64)
-    phases = np.angle(np.fft.rfft2(rng.standard_normal(x.shape[:2])))
-    phases[0, 0] = 0.0
-    out = np.stack(
-        [
-            np.fft.irfft2(np.abs(np.fft.rfft2(x[..., c])) * np.exp(1j * phases), s=x.shape[:2])
-            for c in range(3)
-        ],
-        axis=-1,
-    )
-    return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
 def test_embedded_model_samples_reference_free_with_its_own_cdm():
