@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the package's embedded offline model (``src/zoomldm/assets/tiny_brca/``) with the project's commands.
 
-    .venv/bin/python tools/train_embedded_model.py --install          # the shipped model (< 1 h, 2 cores)
+    .venv/bin/python tools/train_embedded_model.py --install          # the shipped model (≈ 1 h, 2 cores: 64 min measured, shared)
     .venv/bin/python tools/train_embedded_model.py --vae-steps 20 --unet-steps 10 --work /tmp/trial  # a trial
 
 Stages (each a ``zoomldm`` command run as a subprocess, its exact argv recorded in the model card):
