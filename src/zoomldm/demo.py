@@ -32,7 +32,7 @@ DEMO_IMAGE = "brca_20x_1024.jpg"
 #: 200), 1 Newton iteration, a 2-step post-processing from t = 100. It starts at t0 = 1000 because the
 #: trained models' latents have unit spread: a shorter start from pure noise (t0 200, used before the
 #: embedded VQ's latents were normalised) would hand the UNet noise where it expects a nearly clean latent.
-#: 156 s for the 1024² image on 2 idle cores; structure coherence 0.31 (real H&E 0.25-0.50;
+#: 140 s for the 1024² image on 2 idle cores; structure coherence 0.31 (real H&E 0.25-0.50;
 #: docs/embedded_model.md, benchmarks/RESULTS.md). The official schedule took > 17 min on 2 CPU cores.
 CPU_LARGE_IMAGE = dict(t0=1000, stride=200, inner_steps=1, post_t0=100, post_stride=50)
 
