@@ -444,6 +444,7 @@ class ZoomLDMPipeline:
 
     def _cdm_context(self, cdm, mag: Magnification, num_images: int, steps: int, seed: int | None):
         """Reference-free conditioning: ``num_images`` token sets of the CDM (``cdm`` or :attr:`cdm_dir`)."""
+        from .models.cdm import check_cdm_fits
         from .models.cdm_diffusion import sample_cdm
 
         cdm = cdm if cdm is not None else self.cdm_dir
@@ -455,15 +456,7 @@ class ZoomLDMPipeline:
         if steps < 1:
             raise ConfigError(f"cdm_steps {steps}: must be at least 1")
         model = _load_cdm(cdm, self.device)
-        if model.config.token_dim != self.config.context_dim:
-            raise ZoomLDMError(
-                f"the CDM makes {model.config.token_dim}-d tokens but this model's context is "
-                f"{self.config.context_dim}-d (a CDM of another model?)"
-            )
-        if model.config.num_magnifications != len(self.scales):
-            raise ZoomLDMError(
-                f"the CDM knows {model.config.num_magnifications} magnifications, this model {len(self.scales)}"
-            )
+        check_cdm_fits(self, model)  # the rule of generate_large's reference-free guide
         generator = torch.Generator(self.device).manual_seed(seed if seed is not None else torch.seed())
         with torch.no_grad():
             return sample_cdm(model, mag.index, batch_size=num_images, num_steps=steps, generator=generator)

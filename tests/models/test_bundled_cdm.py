@@ -90,3 +90,14 @@ def test_save_pretrained_does_not_copy_the_cdm(with_cdm: Path, tmp_path: Path):
     pipe.save_pretrained(tmp_path / "copy")
     assert not (tmp_path / "copy" / "cdm").exists()
     shutil.rmtree(tmp_path / "copy")
+
+
+def test_a_cdm_of_another_model_is_refused_in_one_line(with_cdm: Path):
+    """The check of generate_large's reference-free guide (``models.cdm.check_cdm_fits``) guards patches too."""
+    from zoomldm.errors import ConfigError
+
+    pipe = ZoomLDMPipeline.from_pretrained(with_cdm / "plain")
+    other = ConditioningDiT(token_dim=pipe.config.context_dim + 8, hidden_size=32, depth=1, num_heads=2)
+    with pytest.raises(ConfigError, match=r"-d tokens; this model's context is") as err:
+        pipe(magnification="5x", num_inference_steps=2, cdm=other, cdm_steps=2, progress=False)
+    assert "\n" not in str(err.value)

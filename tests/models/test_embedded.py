@@ -3,26 +3,13 @@ reads; every shipped file matches the card's sha256; a damaged, missing or unlis
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from _fixtures import one_thread
+from _fixtures import load_tool, one_thread
 from zoomldm.errors import CheckpointError
 from zoomldm.models.embedded import card_hashes, embedded_model_path, verify_embedded_model
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _tool():
-    """tools/train_embedded_model.py as a module (its card writer)."""
-    spec = importlib.util.spec_from_file_location(
-        "train_embedded_model", REPO / "tools" / "train_embedded_model.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _card(**over) -> dict:
@@ -63,7 +50,7 @@ def model_dir(tmp_path: Path) -> Path:
     (root / "unet" / "weights.safetensors").write_bytes(b"\x00\x01weights" * 100)
     (root / "zoomldm.json").write_text('{"format": "zoomldm"}')
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    (root / "MODEL_CARD.md").write_text(_tool().model_card(_card(), root, files))
+    (root / "MODEL_CARD.md").write_text(load_tool("train_embedded_model").model_card(_card(), root, files))
     return root
 
 

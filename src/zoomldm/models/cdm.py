@@ -42,7 +42,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from timm.layers import Attention, Mlp
 from torch import nn
 
-from ..errors import CheckpointError, ZoomLDMError
+from ..errors import CheckpointError, ConfigError, ZoomLDMError
 from ..tensorfiles import load_pretrained_component, load_safetensors, load_torch
 
 #: DiT sizes of the authors' ``DiT_models`` table (depth, hidden size, heads); DiT-B is their default.
@@ -374,3 +374,21 @@ def load_cdm(path: str | Path, **official_kwargs: Any) -> tuple[ConditioningDiT,
         model = load_pretrained_component(ConditioningDiT, path, "CDM").float().eval()
         return model, {"source": "ours", "config": dict(model.config), "preset": None, "args": {}}
     return load_official_cdm(path, **official_kwargs)
+
+
+def check_cdm_fits(pipe: Any, cdm: Any) -> None:
+    """Refuse, in one line, a CDM whose tokens the pipeline's UNet cannot take: not a
+    :class:`ConditioningDiT`, another token width than the UNet's context, or fewer magnification labels
+    than the model has levels (reference-free patches and large images)."""
+    cfg = getattr(cdm, "config", None)
+    token_dim = getattr(cfg, "token_dim", None)
+    if token_dim is None:
+        raise ConfigError("cdm must be a ConditioningDiT (zoomldm.models.cdm)")
+    if token_dim != pipe.config.context_dim:
+        raise ConfigError(
+            f"the CDM makes {token_dim}-d tokens; this model's context is {pipe.config.context_dim}-d"
+        )
+    if cfg.num_magnifications < len(pipe.scales):
+        raise ConfigError(
+            f"the CDM knows {cfg.num_magnifications} magnifications; the model has {len(pipe.scales)}"
+        )

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from ..models.cdm import check_cdm_fits
 from ..scales import Magnification
 from .canvas import TileCanvas, pixel_array
 from .coarse import (
@@ -633,7 +634,7 @@ def generate_large_image(
             "reference-free generation needs a CDM checkpoint (--cdm)"
         )
     else:
-        _check_cdm(pipe, cdm)
+        check_cdm_fits(pipe, cdm)
     inversion = inversion or InversionConfig()
     decode = decode or default_decode_config(pipe)
     channels, P = pipe.unet.config.in_channels, pipe.config.latent_size
@@ -728,21 +729,6 @@ def generate_large_image(
     )
     result.metrics["stage1"] = coarse.metrics
     return finish_outputs(result, state, {"guide_top": coarse.guide_image})
-
-
-def _check_cdm(pipe, cdm) -> None:
-    cfg = getattr(cdm, "config", None)
-    token_dim = getattr(cfg, "token_dim", None)
-    if token_dim is None:
-        raise ConfigError("cdm must be a ConditioningDiT (zoomldm.models.cdm)")
-    if token_dim != pipe.config.context_dim:
-        raise ConfigError(
-            f"the CDM makes {token_dim}-d tokens; this model's context is {pipe.config.context_dim}-d"
-        )
-    if cfg.num_magnifications < len(pipe.scales):
-        raise ConfigError(
-            f"the CDM knows {cfg.num_magnifications} magnifications; the model has {len(pipe.scales)}"
-        )
 
 
 def _cdm_guide(

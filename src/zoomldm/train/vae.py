@@ -396,7 +396,6 @@ def train_vae(
     if progress.step >= config.max_steps:
         model.eval()
         result.metrics = _evaluate(model, source)
-        scaling: dict[str, float] = {}
         if acc.is_main_process:
             result.model_dir, scaling = _export(
                 model, cfg, config, output_dir, progress.step, acc, crops=source.eval_crops
@@ -406,7 +405,6 @@ def train_vae(
                     f"latents: std {scaling['latent_std']:.4f} on the held-out crops; the exported VQ is "
                     f"rescaled by {scaling['latent_scale']:.4f} to unit std (exact: same codes and images)"
                 )
-        if acc.is_main_process:
             final = {
                 "step": progress.step,
                 **scaling,
@@ -473,7 +471,7 @@ def _export(
     output_dir: Path,
     step: int,
     acc,
-    crops: torch.Tensor | None = None,
+    crops: torch.Tensor,
 ) -> tuple[Path, dict[str, float]]:
     """``<output_dir>/model``: our pipeline format with the trained VQ (UNet and Summarizer random, seeded),
     rescaled to unit latent std on ``crops`` when ``config.normalize_latents``; returns the folder and the
@@ -486,7 +484,7 @@ def _export(
     random = ZoomLDMPipeline.from_config(cfg, seed=config.seed)
     trained = copy.deepcopy(vae).to("cpu").float().eval()
     scaling: dict[str, float] = {}
-    if config.normalize_latents and crops is not None and len(crops):
+    if config.normalize_latents and len(crops):
         std, scale = latent_scale(trained, crops)
         rescale_latents(trained, scale)
         scaling = {"latent_std": std, "latent_scale": scale}
