@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the package's embedded offline model (``src/zoomldm/assets/tiny_brca/``) with the project's commands.
 
-    .venv/bin/python tools/train_embedded_model.py --install          # the shipped model (≈ 1 h, 2 cores: 64 min measured, shared)
+    .venv/bin/python tools/train_embedded_model.py --install          # the shipped model (55 min measured on 2 idle cores)
     .venv/bin/python tools/train_embedded_model.py --vae-steps 20 --unet-steps 10 --work /tmp/trial  # a trial
 
 Stages (each a ``zoomldm`` command run as a subprocess, its exact argv recorded in the model card):
@@ -394,6 +394,7 @@ def main() -> None:
     (staging / "encoder.json").write_text(json.dumps({"name": ENCODER, "options": ENCODER_OPTIONS}, indent=2))
     with Image.open(work / "samples.png") as sheet:  # a small JPEG preview in the package (the PNG is MBs)
         sheet.convert("RGB").reduce(2).save(staging / "samples.jpg", quality=85)
+    strip_build_paths(staging)
     timings["total"] = time.perf_counter() - started
 
     files = sorted(p for p in staging.rglob("*") if p.is_file())
@@ -423,6 +424,16 @@ def main() -> None:
     size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     replace_dir(staging, target)
     print(f"wrote {target} ({size / 1e6:.1f} MB) in {timings['total'] / 60:.1f} min")
+
+
+def strip_build_paths(folder: Path) -> None:
+    """Drop diffusers' ``_name_or_path`` (the folder a model was loaded from: here a checkpoint under the
+    builder's --work) from every ``config.json``: it is not read back, and it made the files' hashes depend
+    on where the script ran (two runs with bit-identical weights differed only there)."""
+    for path in sorted(folder.rglob("config.json")):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _portable(argv: list[str], work: Path, image: Path) -> str:

@@ -523,9 +523,9 @@ class ZoomLDMPipeline:
             keep_in_memory: also return an image that is written to ``out`` (default: when it fits).
             **options: settings by their command-line names, applied on top of the dataclasses: ``t0``,
                 ``stride``, ``guidance_w``, ``fd_step``, ``newton_lr``, ``inner_steps``, ``tile_batch``,
-                ``colab_update``, ``no_postprocess``, ``post_t0``, ``post_stride``, ``post_guidance_w``,
+                ``colab_update``, ``newton_max_t``, ``no_postprocess``, ``post_t0``, ``post_stride``, ``post_guidance_w``,
                 ``post_window``, ``post_window_stride``, ``post_interp``, ``window_batch``,
-                ``post_live_weights``, ``decode_batch``, ``inversion_steps``, ``inversion_lr``,
+                ``post_live_weights``, ``decode_batch``, ``decode_stride``, ``inversion_steps``, ``inversion_lr``,
                 ``sim_weight`` (:data:`zoomldm.sampling.settings.OPTIONS`).
 
         Returns:

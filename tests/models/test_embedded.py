@@ -3,6 +3,7 @@ reads; every shipped file matches the card's sha256; a damaged, missing or unlis
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,10 @@ def test_shipped_model_matches_its_card():
     card = (path / "MODEL_CARD.md").read_text()
     for needle in ("brca_001.jpeg", "zoomldm train-vae", "zoomldm prepare", "zoomldm train", "PSNR"):
         assert needle in card
+    # the files do not depend on where the script ran: no builder paths in the configs (diffusers'
+    # _name_or_path is dropped by tools/train_embedded_model.strip_build_paths)
+    for config in path.rglob("config.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), config
 
 
 def _shipped() -> Path:

@@ -66,3 +66,57 @@ def test_cli_schedule_reaches_the_settings(small_checkpoint, small_config, tmp_p
     assert code == 0, err
     steps = len(range(0, 1000, SCHEDULES["fast"]["stride"]))
     assert "schedule fast" in stdout and f"{steps} steps × 1 Newton iterations" in stdout
+
+
+def test_decode_stride_option(compat_pipe, tmp_path):
+    """``decode_stride`` (CLI ``--decode-stride``): None keeps the official quarter window; a larger stride
+    decodes fewer, still overlapping windows; one past the window is one ConfigError line."""
+    window = large_image_settings(compat_pipe).decode.window  # one latent tile (16 for the compat model)
+    assert large_image_settings(compat_pipe, decode_stride=None).decode.stride == window // 4
+    assert large_image_settings(compat_pipe, decode_stride=window // 2).decode.stride == window // 2
+    with pytest.raises(ConfigError, match="decode stride must be between 1 and the window"):
+        large_image_settings(compat_pipe, decode_stride=window + 1)
+    official = plan_large("brca", size=4096, out=tmp_path / "a.tif", calibrate=False)
+    coarse = plan_large("brca", size=4096, out=tmp_path / "a.tif", decode_stride=32, calibrate=False)
+    (o,), (c,) = official.stages, coarse.stages
+    assert o.decode_windows == 61**2 and c.decode_windows == 31**2  # (4096/4 − 64)/stride + 1 per side
+
+
+def test_cli_decode_stride_reaches_the_plan(small_checkpoint, small_config, tmp_path, capsys):
+    import re
+
+    args = ["generate", "--checkpoint", str(small_checkpoint), "--config", str(small_config), "--dry-run"]
+    windows = []
+    for extra in ([], ["--decode-stride", "8"]):
+        code, stdout, err = run_cli([*args, "--guide", "10x", *extra], capsys)
+        assert code == 0, err
+        windows.append(int(re.search(r"decode: ([\d,]+) VQ windows", stdout)[1].replace(",", "")))
+    assert windows[1] < windows[0], windows
+
+
+def test_newton_max_t_limits_the_iterations_to_late_steps(compat_pipe):
+    """``newton_max_t`` (CLI ``--newton-max-t``): Newton iterations only at outer steps with t ≤ it; the
+    sampler does exactly the UNet rows and VQ passes the plan counts, and a bad value is one line."""
+    cfg = JointSamplingConfig(t0=300, stride=100, inner_steps=2, newton_max_t=150)
+    assert [cfg.iterations_at(t) for t in (300, 200, 100)] == [0, 0, 2]
+    assert JointSamplingConfig().iterations_at(1000) == 10  # default: every step, as the authors
+    for bad in (-1, 1001, 2.5):
+        with pytest.raises(ConfigError, match="newton_max_t"):
+            JointSamplingConfig(newton_max_t=bad)
+    grid = torch.from_numpy(np.random.default_rng(0).standard_normal((32, 2, 2))).float()
+    runs = {}
+    for max_t in (1000, 150):
+        opts = dict(guide="10x", t0=300, stride=100, inner_steps=1, newton_max_t=max_t, no_postprocess=True)
+        result = compat_pipe.generate_large(reference=grid, progress=False, **opts)
+        (stage,) = plan_large(compat_pipe, calibrate=False, **opts).stages
+        assert (stage.unet_rows, stage.vq_passes) == (
+            result.metrics["unet_forwards"],
+            result.metrics["vq_passes"],
+        )
+        assert result.settings["joint"]["newton_max_t"] == max_t
+        runs[max_t] = stage
+    assert runs[1000].newton_steps == 3 and runs[150].newton_steps == 1
+    tiles = runs[150].tiles
+    assert runs[1000].vq_passes - runs[150].vq_passes == 2 * 3 * tiles  # two steps × (decode + 2 encodes)
+    short = dict(guide="10x", t0=300, stride=100, inner_steps=1, newton_max_t=150)
+    assert "(in the last 1)" in "\n".join(plan_large(compat_pipe, calibrate=False, **short).lines())

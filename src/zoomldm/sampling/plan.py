@@ -154,6 +154,7 @@ class StagePlan:
     tile_batch: int
     outer_steps: int
     inner_steps: int
+    newton_steps: int  # outer steps that run the Newton iterations (all unless newton_max_t < t0)
     guide_kind: str  # "sampled patch" | "fixed image"
     unet_rows: int  # joint sampling (rows: cond and uncond count separately)
     vq_passes: int  # joint sampling (images through the VQ encoder or decoder), incl. the metric decodes
@@ -242,8 +243,9 @@ class RunPlan:
                 f"{s.blocks} blocks of {s.block_shape[0]}×{s.block_shape[1]}, guide: {s.guide_kind}"
             )
             out.append(
-                f"    joint sampling: {s.outer_steps} steps × {s.inner_steps} Newton iterations: "
-                f"{s.unet_rows:,} UNet rows, {s.vq_passes:,} VQ passes"
+                f"    joint sampling: {s.outer_steps} steps × {s.inner_steps} Newton iterations"
+                + (f" (in the last {s.newton_steps})" if s.newton_steps < s.outer_steps else "")
+                + f": {s.unet_rows:,} UNet rows, {s.vq_passes:,} VQ passes"
             )
             if s.inversion_patches:
                 out.append(
@@ -853,6 +855,7 @@ def _coarse_stage_plan(pipe, coarse, settings, profile) -> StagePlan:
         tile_batch=COARSE_WINDOW_BATCH,
         outer_steps=cost.steps,
         inner_steps=0,
+        newton_steps=0,
         guide_kind=COARSE_KIND,
         unet_rows=cost.unet_rows,
         vq_passes=0,
@@ -875,13 +878,15 @@ def _stage_plan(
     n = len(computed)
     bh, bw = block_shape(tile_batch)
     blocks = _count_blocks(computed, geo.canvas_cols, bh, bw)
-    steps = len(strided_steps(cfg.schedule, sampling.t0, sampling.stride))
+    schedule = strided_steps(cfg.schedule, sampling.t0, sampling.stride)
+    steps = len(schedule)
     inner = sampling.inner_steps
+    newton = sum(sampling.iterations_at(s.t) for s in schedule)  # Newton iterations over the steps
     rows_per_eps = 1 if sampling.guidance_w == 0 else 2
     # reference-free: a fixed CDM guide; past one guide patch: the decoded coarse canvas
     sampled_guide = index == 0 and not sr and not reference_free and not fixed_first
-    unet_rows = steps * n * (1 + 2 * inner) * rows_per_eps
-    vq = steps * n * 3 * inner + n
+    unet_rows = n * (steps + 2 * newton) * rows_per_eps
+    vq = n * 3 * newton + n
     if sampled_guide:
         unet_rows += steps * rows_per_eps
         vq += steps + 1
@@ -906,7 +911,7 @@ def _stage_plan(
         inv_patches = 1
         inv_rows = settings.inversion.steps + REFERENCE_FREE_GUIDE_STEPS * 2
     flops = (unet_rows + post_rows + 3 * inv_rows) * profile["unet_flops"]
-    flops += steps * n * inner * (profile["decode_flops"] + 2 * profile["encode_flops"])
+    flops += n * newton * (profile["decode_flops"] + 2 * profile["encode_flops"])
     flops += (n + decode_windows) * profile["decode_flops"]
     name = f"stage {index + 1}/{count}" if count > 1 else "stage 1/1"
     return StagePlan(
@@ -922,6 +927,7 @@ def _stage_plan(
         tile_batch=tile_batch,
         outer_steps=steps,
         inner_steps=inner,
+        newton_steps=sum(1 for s in schedule if sampling.iterations_at(s.t)),
         guide_kind="sampled patch" if sampled_guide else "fixed image",
         unet_rows=unet_rows,
         vq_passes=vq,

@@ -39,6 +39,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "inner_steps": ("sampling", "inner_steps"),
     "tile_batch": ("sampling", "tile_batch"),
     "colab_update": ("sampling", "variance_preserving_update"),  # negated: True = the Colab update
+    "newton_max_t": ("sampling", "newton_max_t"),
     "post_t0": ("postprocess", "t0"),
     "post_stride": ("postprocess", "stride"),
     "post_guidance_w": ("postprocess", "guidance_w"),
@@ -48,12 +49,16 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "window_batch": ("postprocess", "window_batch"),
     "post_live_weights": ("postprocess", "use_live_weights"),
     "decode_batch": ("decode", "batch_size"),
+    "decode_stride": ("decode", "stride"),
     "inversion_steps": ("inversion", "steps"),
     "inversion_lr": ("inversion", "lr"),
     "sim_weight": ("inversion", "sim_weight"),
 }
 #: options that are not a field: ``no_postprocess=True`` is ``postprocess=False``
 FLAGS = ("no_postprocess",)
+#: options whose None means "the model's default" rather than a value (``decode_stride`` None: a quarter
+#: of the decode window, the official 16 latent px for 64² tiles)
+NONE_IS_DEFAULT = ("decode_stride",)
 
 #: schedule presets: options by CLI name (applied before the caller's options). ``fast``: see the module
 #: docstring and docs/large_images.md "Schedules" for the sweep it was chosen from.
@@ -131,6 +136,8 @@ def large_image_settings(
         group, field = OPTIONS[name]
         if group == "postprocess" and groups["postprocess"] is None:
             continue  # settings of a skipped step (the CLI passes every option)
+        if value is None and name in NONE_IS_DEFAULT:
+            continue
         if name == "colab_update":
             value = not value
         changes.setdefault(group, {})[field] = value
