@@ -134,7 +134,11 @@ def run_demo(
     summary["large_image"] = large_image(pipe, grid, out, kind == "published", seed)
     with atomic_path(out / "summary.json") as tmp:  # whole or absent (issue 12: nothing is lost)
         tmp.write_text(json.dumps(summary, indent=2))
-    print(f"wrote {out}/contact_sheet.png and per-level patches ({len(pipe.scales)} magnifications)")
+    print(
+        f"wrote {out}/contact_sheet.png, per-level patches ({len(pipe.scales)} magnifications) and "
+        f"{summary['large_image']['path']} (1024² at 20x with its {summary['large_image']['guide']} guide; "
+        f"zoomldm view {summary['large_image']['path']})"
+    )
     return summary
 
 
