@@ -201,18 +201,24 @@ def _mixture(n: int, gen: torch.Generator, means: torch.Tensor) -> tuple[torch.T
     return torch.nn.functional.layer_norm(x, (D,)), y  # per-token standardised, as the Summarizer's output
 
 
-@pytest.fixture(scope="module")
-def trained_cdm() -> Iterator[dict]:
+#: seeds of the tiny training run: the verdicts below must hold for each, with the margins measured
+#: over them (the magnification accuracy was 1.0 for all 6 seeds tried, the own/mean distance ratio
+#: 0.17–0.24 against the 0.6 bound; with the VB gradient through the trunk, 1 to 5 of them failed)
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def trained_cdm(request: pytest.FixtureRequest) -> Iterator[dict]:
     with one_thread():
-        yield _train_tiny_cdm()
+        yield _train_tiny_cdm(request.param)
 
 
-def _train_tiny_cdm() -> dict:
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
+def _train_tiny_cdm(seed: int, vb_through_trunk: bool = False, steps: int = 200) -> dict:
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     means = 2 * torch.randn(LEVELS, 1, D, generator=g) + torch.randn(1, 65, D, generator=g)
     model = ConditioningDiT(token_dim=D, hidden_size=64, depth=2, num_heads=4, num_magnifications=LEVELS)
-    diffusion = CDMDiffusion()
+    diffusion = CDMDiffusion(vb_through_trunk=vb_through_trunk)
     ev = torch.Generator().manual_seed(5)
     x_eval, y_eval = _mixture(256, ev, means)
     t_eval = torch.randint(0, 1000, (256,), generator=ev)
@@ -226,19 +232,52 @@ def _train_tiny_cdm() -> dict:
 
     before = eval_loss()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(200):
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
         x, y = _mixture(32, gen, means)
         loss = diffusion.training_losses(model, x, y, generator=gen)["loss"].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {"model": model, "before": before, "after": eval_loss(), "means": means}
+    return {"model": model, "before": before, "after": eval_loss(), "means": means, "seed": seed}
+
+
+def _low_t_error(trained: dict, t: int = 10) -> float:
+    """x̂0's mean squared error at a small t on the class centres (what DDIM's last steps read)."""
+    model, means = trained["model"], trained["means"]
+    centres = torch.nn.functional.layer_norm(means.expand(LEVELS, 65, D), (D,))
+    noise = torch.randn(centres.shape, generator=torch.Generator().manual_seed(7))
+    x_t = CDMDiffusion().scheduler.add_noise(centres, noise, torch.full((LEVELS,), t))
+    with torch.no_grad():
+        x0 = model(x_t, torch.full((LEVELS,), t), torch.arange(LEVELS))[..., :D]
+    return float(((x0 - centres) ** 2).mean())
 
 
 def test_cdm_training_loss_falls(trained_cdm: dict) -> None:
-    # fixed evaluation batch (same x0, t, noise before and after): measured 12.4 → 0.38
+    # fixed evaluation batch (same x0, t, noise before and after): measured 12.4 → 0.2–0.4 over the seeds
     assert trained_cdm["after"] < trained_cdm["before"] / 10
+    # and x̂0 is good where the sampler ends (measured 0.03–0.04 at t = 10; 0.3–6 with the VB through
+    # the trunk, against 0.17 at t = 200)
+    assert _low_t_error(trained_cdm) < 0.1
+
+
+def test_the_vb_gradient_stops_at_the_variance_rows_of_the_output_layer() -> None:
+    torch.manual_seed(0)
+    model = ConditioningDiT(token_dim=8, hidden_size=16, depth=1, num_heads=2, num_magnifications=2)
+    for p in model.parameters():  # no adaLN-Zero zeros: every parameter gets a gradient
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(3, 65, 8)
+    t, y = torch.tensor([1, 500, 999]), torch.tensor([0, 1, 0])
+    # the same output up to float rounding (two matmuls instead of one)
+    torch.testing.assert_close(model(x, t, y, detach_variance=True), model(x, t, y), rtol=1e-5, atol=1e-6)
+    for through, trunk_moves in ((False, False), (True, True)):
+        model.zero_grad()
+        losses = CDMDiffusion(vb_through_trunk=through).training_losses(model, x, y, t=t)
+        losses["vb"].sum().backward()
+        w = model.final_layer.linear.weight.grad
+        assert w[:8].abs().max() == 0 and w[8:].abs().max() > 0  # x̂0 rows: never; variance rows: yes
+        trunk = model.x_embedder.weight.grad
+        assert (trunk is not None and trunk.abs().max() > 0) == trunk_moves
 
 
 def test_cdm_samples_have_the_shape_and_token_statistics_of_the_data(trained_cdm: dict) -> None:

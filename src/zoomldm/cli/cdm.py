@@ -33,6 +33,12 @@ def train_cdm(
     ),
     lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate, constant (authors: 1e-4)"),
     ema_decay: float = typer.Option(0.9999, "--ema-decay"),
+    vb_through_trunk: bool = typer.Option(
+        False,
+        "--vb-through-trunk/--vb-head-only",
+        help="let the VB loss train the whole DiT, as the authors' code does (default: only its variance"
+        " head; the VB gradient through the trunk spoils x̂0 at small t, docs/cdm.md)",
+    ),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16"),
     gradient_checkpointing: bool = typer.Option(
         False, "--gradient-checkpointing/--no-gradient-checkpointing"
@@ -68,6 +74,7 @@ def train_cdm(
         batch_size=batch_size,
         lr=lr,
         ema_decay=ema_decay,
+        vb_through_trunk=vb_through_trunk,
         seed=seed,
         mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing,

@@ -123,9 +123,16 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, detach_variance: bool = False) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
+        h = _modulate(self.norm_final(x), shift, scale)
+        if not detach_variance or self.linear.out_features % 2:
+            return self.linear(h)
+        # ``self.linear(h)`` up to float rounding; the variance half sees ``h`` without its gradient, so a loss
+        # on it trains the variance rows of this layer only, not the shared trunk (see CDMDiffusion)
+        w_mean, w_var = self.linear.weight.chunk(2, dim=0)
+        b_mean, b_var = self.linear.bias.chunk(2, dim=0)
+        return torch.cat([nn.functional.linear(h, w_mean, b_mean), nn.functional.linear(h.detach(), w_var, b_var)], -1)
 
 
 class ConditioningDiT(ModelMixin, ConfigMixin):
@@ -199,7 +206,11 @@ class ConditioningDiT(ModelMixin, ConfigMixin):
             nn.init.zeros_(layer.bias)
 
     def forward(
-        self, tokens: torch.Tensor, timestep: torch.Tensor, magnification: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        timestep: torch.Tensor,
+        magnification: torch.Tensor,
+        detach_variance: bool = False,
     ) -> torch.Tensor:
         """Predict ``[x̂0 | variance values]`` ``[B, num_tokens, out_channels]`` for noisy ``tokens``.
 
@@ -207,6 +218,8 @@ class ConditioningDiT(ModelMixin, ConfigMixin):
             tokens: ``[B, num_tokens, token_dim]`` noisy tokens x_t.
             timestep: ``[B]`` (or scalar) diffusion step in ``0 … 999`` (the original, not respaced, index).
             magnification: ``LongTensor[B]`` magnification index.
+            detach_variance: the same output (up to float rounding), but gradients of the variance values stop at the output
+                layer (training: :meth:`~zoomldm.models.cdm_diffusion.CDMDiffusion.training_losses`).
         """
         cfg = self.config
         if tokens.dim() != 3 or tuple(tokens.shape[1:]) != (cfg.num_tokens, cfg.token_dim):
@@ -227,7 +240,7 @@ class ConditioningDiT(ModelMixin, ConfigMixin):
                 x = self._gradient_checkpointing_func(block, x, c)
             else:
                 x = block(x, c)
-        return self.final_layer(x, c)
+        return self.final_layer(x, c, detach_variance=detach_variance)
 
     def forward_official(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The authors' calling convention: channels-first ``x [B, token_dim, 65]`` → ``[B, 2·token_dim, 65]``."""

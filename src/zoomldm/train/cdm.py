@@ -47,7 +47,8 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 
 @dataclass
 class CDMTrainConfig:
-    """Settings of ``zoomldm train-cdm``; defaults are the authors' (``train_cdm.py``)."""
+    """Settings of ``zoomldm train-cdm``; defaults are the authors' (``train_cdm.py``) except
+    ``vb_through_trunk`` (see its comment)."""
 
     store: str
     zoomldm: str  # the ZoomLDM whose (frozen) Summarizer defines the tokens: our dir, official file, hub id
@@ -70,6 +71,9 @@ class CDMTrainConfig:
     levels: list[str] | None = None
     resume: str | None = "auto"  # auto, never, or a checkpoint / output directory
     tf32: bool = True
+    # the authors let the VB term's gradient reach the DiT trunk; off here because it spoils x̂0 at small
+    # t (models.cdm_diffusion.CDMDiffusion has the measurement); True reproduces their training exactly
+    vb_through_trunk: bool = False
 
     def validate(self, world_size: int = 1) -> None:
         from ..models.cdm import CDM_PRESETS
@@ -199,7 +203,7 @@ class CDMTrainer:
             self.ema.load_state_dict(ConditioningDiT.from_pretrained(self.resume_from / CDM_DIR).state_dict())
         optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.diffusion = CDMDiffusion()
+        self.diffusion = CDMDiffusion(vb_through_trunk=c.vb_through_trunk)
         self.generator = torch.Generator(device=acc.device).manual_seed(
             derive_seed(c.seed, acc.process_index, 1 << 30)
         )
