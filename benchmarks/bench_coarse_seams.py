@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoomldm.data.encoders import encode_region_grid
 from zoomldm.io.images import load_image
-from zoomldm.models.embedded import load_embedded
+from zoomldm.models.encoders import encode_region_grid
+from zoomldm.pipeline import load_embedded
 from zoomldm.sampling.coarse import generate_coarse_canvas
 from zoomldm.sampling.newton import JointSamplingConfig
 

@@ -36,9 +36,9 @@ def _module(name: str, path: Path):
 
 
 def main() -> None:
-    from zoomldm.data.encoders import encode_region_grid
     from zoomldm.demo import CPU_LARGE_IMAGE, DEMO_IMAGE
-    from zoomldm.models.embedded import load_embedded
+    from zoomldm.models.encoders import encode_region_grid
+    from zoomldm.pipeline import load_embedded
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

@@ -1,6 +1,6 @@
 """Zoom explorer latency: time to the first generated tile at a new magnification (``zoomldm view --generate``).
 
-For one model it builds an :class:`zoomldm.io.explorer.Explorer` over an image at ``--from`` (fresh cache)
+For one model it builds an :class:`zoomldm.viewer.explorer.Explorer` over an image at ``--from`` (fresh cache)
 and times, through the same calls the HTTP handler makes (``tile_png``):
 
 * ``first_tile_s`` — the first tile of the first generated level (one block: super-resolution of its parent
@@ -10,7 +10,7 @@ and times, through the same calls the HTTP handler makes (``tile_png``):
 * ``--seam N``: instead, the seam statistic of the first generated level over a row of ``N`` blocks (an
   image ``N·B/2 × B/2`` px at ``--from``, every block generated): the served pixels blended across borders
   (the default ``blend``) and the same generations served without blending (``blend = 0``, each block's
-  centre only: the explorer before blending), by :func:`zoomldm.io.explorer.seam_statistics`;
+  centre only: the explorer before blending), by :func:`zoomldm.viewer.explorer.seam_statistics`;
 * ``block_s`` — seconds per block over every block generated (the explorer's own record), and the PSNR of the
   downsampled blocks against their parent pixels (meaningful for trained weights only).
 
@@ -45,7 +45,7 @@ import torch
 from _common import sync
 
 from zoomldm import ZoomLDMPipeline
-from zoomldm.io.explorer import Explorer, seam_statistics
+from zoomldm.viewer.explorer import Explorer, seam_statistics
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brca_001.jpeg"
 

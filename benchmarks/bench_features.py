@@ -36,7 +36,7 @@ SHARED = REPO.parent / "shared"
 
 
 def load_models(preset: str, device: str, dtype: str):
-    from zoomldm.data.encoders import build_encoder
+    from zoomldm.models.encoders import build_encoder
     from zoomldm.pipeline import ZoomLDMPipeline
 
     if preset == "small":

@@ -84,9 +84,9 @@ class StageTimer:
 
 def run(name, encoder, vae, slide: Path, levels: tuple[int, ...], batch_size: int) -> dict:
     from zoomldm.data import extract, store
-    from zoomldm.data.encoders import SSLEncoder
     from zoomldm.data.extract import SlideSource
     from zoomldm.data.prepare import PrepareSettings, prepare_dataset
+    from zoomldm.models.encoders import SSLEncoder
 
     timer = StageTimer()
     timer.wrap(extract, "read_region", "read")
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     sys.path.insert(0, str(REPO / "src"))
     from zoomldm.config import ZoomLDMConfig
-    from zoomldm.data.encoders import build_encoder
     from zoomldm.models import build_vae
+    from zoomldm.models.encoders import build_encoder
 
     folder = Path(tempfile.mkdtemp(prefix="bench_slide_"))
     rows = []

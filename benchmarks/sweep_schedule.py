@@ -9,7 +9,7 @@ sampler starts from pure noise), the inner steps directly.
 
 Two models, because they answer different questions:
 
-* ``embedded`` — the package's small *trained* model (:func:`zoomldm.models.embedded.load_embedded`),
+* ``embedded`` — the package's small *trained* model (:func:`zoomldm.pipeline.load_embedded`),
   conditioned on a real H&E region (``brca_001.jpeg`` embedded with its own encoder): its VQ decoder
   inverts its encoder, so the Newton iterations can pull the tiles toward the guide and the error is
   meaningful. To keep the sweep short on a CPU, one 20x tile under a 10x guide (``region``: a single tile of
@@ -42,9 +42,9 @@ GRIDS = {
 
 
 def _embedded():
-    from zoomldm.data.encoders import encode_region_grid
     from zoomldm.io.images import load_image
-    from zoomldm.models.embedded import load_embedded
+    from zoomldm.models.encoders import encode_region_grid
+    from zoomldm.pipeline import load_embedded
 
     loaded = load_embedded("cpu")
     if loaded is None:

@@ -95,7 +95,7 @@ def brca_slide_1024(tmp_path_factory: pytest.TempPathFactory, brca_image: np.nda
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """A randomly initialised 2-block ViT with 32-d embeddings (64² input): fast and deterministic."""
-    from zoomldm.data.encoders import build_encoder
+    from zoomldm.models.encoders import build_encoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -84,7 +84,7 @@ def make_encoder(path: Path, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from zoomldm.data.encoders import build_encoder
+    from zoomldm.models.encoders import build_encoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -94,7 +94,7 @@ def make_encoder(path: Path, seed: int) -> None:
 
 
 def load_encoder(path: Path):
-    from zoomldm.data.encoders import build_encoder
+    from zoomldm.models.encoders import build_encoder
 
     return build_encoder(ENCODER, weights=str(path), **ENCODER_OPTIONS)
 

@@ -43,7 +43,7 @@ CPU_LARGE_IMAGE = dict(
 def load_demo_pipeline(checkpoint: str | None, device: str) -> tuple[ZoomLDMPipeline, object, str]:
     """The demo's model, its SSL encoder and which model it is (``"published"``, ``"embedded"``, ``"random"``).
 
-    ``checkpoint`` None: the package's one rule (:func:`zoomldm.models.embedded.default_checkpoint`):
+    ``checkpoint`` None: the package's one rule (:func:`zoomldm.checkpoints.default_checkpoint`):
     ``$ZOOMLDM_CHECKPOINT``, else the published checkpoint with UNI when it is cached or the hub answers,
     else the embedded offline model (``zoomldm/assets/tiny_brca``, issue 16) with one line saying so. The
     published model, when chosen by that rule but not loadable here (e.g. UNI's gated weights), also gives
@@ -52,8 +52,9 @@ def load_demo_pipeline(checkpoint: str | None, device: str) -> tuple[ZoomLDMPipe
     ``$ZOOMLDM_CHECKPOINT``) is never replaced by a stand-in: its error is raised (exit 2), so a damaged or
     mistyped ``--checkpoint`` is not hidden behind a demo that "works".
     """
-    from .data.encoders import DOMAIN_ENCODERS, build_encoder
-    from .models.embedded import CHECKPOINT_ENV, default_checkpoint, is_embedded, load_embedded
+    from .checkpoints import CHECKPOINT_ENV, default_checkpoint, is_embedded
+    from .models.encoders import DOMAIN_ENCODERS, build_encoder
+    from .pipeline import load_embedded
 
     named = checkpoint is not None or bool(os.environ.get(CHECKPOINT_ENV))
     chosen = default_checkpoint(checkpoint, log=print)  # offline: says so in one line
@@ -95,7 +96,7 @@ def run_demo(
     per_level: int = 2,
 ) -> dict:
     """The main job (module docstring); ``checkpoint`` None: the default rule (:func:`load_demo_pipeline`)."""
-    from .data.encoders import encode_region_grid
+    from .models.encoders import encode_region_grid
 
     if steps is not None and steps < 1:
         raise ZoomLDMError(f"--steps {steps}: must be at least 1")

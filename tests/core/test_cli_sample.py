@@ -209,7 +209,7 @@ def test_reference_encoder_dimension_mismatch(converted, data_dir, tmp_path, cap
 def test_reference_region_through_the_api(converted, data_dir):
     """(b) of issue 2: a real image region embedded tile by tile conditions the patches."""
     from zoomldm import ZoomLDMPipeline
-    from zoomldm.data.encoders import build_encoder, encode_region_grid
+    from zoomldm.models.encoders import build_encoder, encode_region_grid
 
     pipe = ZoomLDMPipeline.from_pretrained(converted)
     enc = build_encoder("timm:vit_tiny_patch16_224", weights="random", embed_dim=32, depth=1, num_heads=2)

@@ -457,7 +457,7 @@ TINY = dict(embed_dim=32, depth=1, num_heads=2, img_size=64)
 
 
 def test_non_finite_embeddings_are_refused(brca_image):
-    from zoomldm.data.encoders import build_encoder, encode_region_grid
+    from zoomldm.models.encoders import build_encoder, encode_region_grid
 
     enc = build_encoder("timm:vit_tiny_patch16_224", weights="random", **TINY)
     region = np.ascontiguousarray(brca_image[:512, :512])
@@ -473,7 +473,7 @@ def test_non_finite_embeddings_are_refused(brca_image):
 def test_damaged_encoder_weights(tmp_path, suffix, kind):
     from safetensors.torch import save_file
 
-    from zoomldm.data.encoders import build_encoder
+    from zoomldm.models.encoders import build_encoder
 
     enc = build_encoder("timm:vit_tiny_patch16_224", weights="random", **TINY)
     good = tmp_path / f"good{suffix}"

@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 
-from zoomldm.data.encoders import ENCODERS, build_encoder, encode_region_grid
 from zoomldm.errors import ZoomLDMError
+from zoomldm.models.encoders import ENCODERS, build_encoder, encode_region_grid
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from zoomldm.data.dataset import MultiScaleDataset
-from zoomldm.data.encoders import encode_region_grid
 from zoomldm.data.extract import SlideSource
 from zoomldm.data.prepare import PrepareSettings, prepare_dataset, settings_path
 from zoomldm.data.store import open_store
+from zoomldm.models.encoders import encode_region_grid
 
 #: float16 storage of a latent: relative rounding 2^-11; plus float32 thread-order noise
 LATENT_RTOL = 2e-3

@@ -233,7 +233,7 @@ def test_inception_without_pytorch_fid_says_how_to_install_it(monkeypatch) -> No
 
 
 def test_domain_encoder_frechet_distance(crop_dirs, tmp_path) -> None:
-    from zoomldm.data.encoders import build_encoder
+    from zoomldm.models.encoders import build_encoder
 
     torch.manual_seed(0)
     encoder = build_encoder("timm:test_vit", weights="random")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from zoomldm.io import serve, write_tiff
+from zoomldm.io import write_tiff
 from zoomldm.io.tiff import (
     CLASSIC_TIFF_LIMIT,
     PyramidalTiffWriter,
@@ -20,6 +20,7 @@ from zoomldm.io.tiff import (
     needs_bigtiff,
     tiff_size_bound,
 )
+from zoomldm.viewer import serve
 
 #: a child process writes a width × height gradient in 64-row chunks and reports how much its resident
 #: memory (VmRSS, sampled after every chunk) grew over the writer's lifetime

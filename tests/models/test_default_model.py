@@ -1,4 +1,4 @@
-"""The default model: one rule (``zoomldm.models.embedded.default_checkpoint``) for every command and for
+"""The default model: one rule (``zoomldm.checkpoints.default_checkpoint``) for every command and for
 ``ZoomLDMPipeline.from_pretrained()``: a named checkpoint, else ``$ZOOMLDM_CHECKPOINT``, else the published
 model when cached or reachable, else the embedded offline model with one line saying so. The hub check is
 exercised against servers on the loopback address only."""
@@ -16,15 +16,16 @@ import torch
 
 from _fixtures import one_thread, run_cli
 from zoomldm import ZoomLDMPipeline
+from zoomldm import checkpoints as emb
+from zoomldm.checkpoints import default as default_rule  # the module whose published_available the rule calls
 from zoomldm.errors import ZoomLDMError
-from zoomldm.models import embedded as emb
 
 
 @pytest.fixture
 def offline(monkeypatch):
     """No published model reachable (as on the test machines), no $ZOOMLDM_CHECKPOINT."""
     monkeypatch.delenv(emb.CHECKPOINT_ENV, raising=False)
-    monkeypatch.setattr(emb, "published_available", lambda timeout=emb.HUB_TIMEOUT_S: False)
+    monkeypatch.setattr(default_rule, "published_available", lambda timeout=emb.HUB_TIMEOUT_S: False)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,9 @@ def embedded_pipe() -> ZoomLDMPipeline:
 def test_the_rule_in_order(monkeypatch):
     lines: list[str] = []
     monkeypatch.delenv(emb.CHECKPOINT_ENV, raising=False)
-    monkeypatch.setattr(emb, "published_available", lambda timeout=emb.HUB_TIMEOUT_S: True)
+    monkeypatch.setattr(default_rule, "published_available", lambda timeout=emb.HUB_TIMEOUT_S: True)
     assert emb.default_checkpoint(None, log=lines.append) == emb.PUBLISHED and not lines
-    monkeypatch.setattr(emb, "published_available", lambda timeout=emb.HUB_TIMEOUT_S: False)
+    monkeypatch.setattr(default_rule, "published_available", lambda timeout=emb.HUB_TIMEOUT_S: False)
     assert emb.default_checkpoint(None, log=lines.append) == emb.EMBEDDED
     assert len(lines) == 1 and "embedded offline model" in lines[0] and "\n" not in lines[0]
     # a named checkpoint, then $ZOOMLDM_CHECKPOINT, come first and are never replaced

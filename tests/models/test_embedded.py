@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from _fixtures import load_tool, one_thread
+from zoomldm.checkpoints.embedded import card_hashes, embedded_model_path, verify_embedded_model
 from zoomldm.errors import CheckpointError
-from zoomldm.models.embedded import card_hashes, embedded_model_path, verify_embedded_model
 
 
 def _card(**over) -> dict:
@@ -116,9 +116,9 @@ def test_shipped_model_generates_h_and_e_colours(data_dir: Path):
     the demo used before gives grey (R ≈ G ≈ B)."""
     import numpy as np
 
-    from zoomldm.data.encoders import encode_region_grid
     from zoomldm.io.images import load_image
-    from zoomldm.models.embedded import load_embedded
+    from zoomldm.models.encoders import encode_region_grid
+    from zoomldm.pipeline import load_embedded
 
     _shipped()
     pipe, encoder = load_embedded()
@@ -137,9 +137,9 @@ def test_shipped_model_generates_h_and_e_colours(data_dir: Path):
 def test_demo_offline_falls_back_to_the_embedded_model(capsys, monkeypatch):
     """Without the published weights the demo uses the embedded model and says so in one line; a checkpoint
     the user names is never replaced."""
+    from zoomldm.checkpoints import default as embedded  # the module of the default rule
     from zoomldm.demo import load_demo_pipeline
     from zoomldm.errors import ZoomLDMError
-    from zoomldm.models import embedded
 
     path = _shipped()
     # offline: the published checkpoint is neither cached nor reachable (as on this machine)

@@ -29,9 +29,9 @@ def test_demo_large_image_is_tissue(tmp_path: Path):
     """≈ 2.5 min on 2 cores: the very function and settings of ``make demo`` on the embedded model."""
     import tifffile
 
-    from zoomldm.data.encoders import encode_region_grid
     from zoomldm.demo import DEMO_IMAGE, large_image
-    from zoomldm.models.embedded import load_embedded
+    from zoomldm.models.encoders import encode_region_grid
+    from zoomldm.pipeline import load_embedded
 
     loaded = load_embedded()
     assert loaded is not None, (
@@ -66,7 +66,7 @@ def test_demo_large_image_is_tissue(tmp_path: Path):
 def test_embedded_model_samples_reference_free_with_its_own_cdm():
     """No reference, no --cdm: the embedded model's ``cdm/`` makes the tokens; the patches are H&E-coloured
     with structure (not a flat field), and the seed reaches the tokens."""
-    from zoomldm.models.embedded import load_embedded
+    from zoomldm.pipeline import load_embedded
 
     pipe, _ = load_embedded()
     assert pipe.cdm_dir is not None and pipe.cdm_dir.name == "cdm"

@@ -17,7 +17,7 @@ import pytest
 
 from _fixtures import one_thread
 from zoomldm import ZoomLDMPipeline
-from zoomldm.models.embedded import embedded_model_path
+from zoomldm.checkpoints import embedded_model_path
 
 
 @pytest.fixture(scope="session")

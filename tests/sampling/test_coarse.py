@@ -137,9 +137,9 @@ def _seam_ratio(pixels: np.ndarray, tile: int) -> float:
 
 @pytest.fixture(scope="module")
 def embedded(data_dir):
-    from zoomldm.data.encoders import encode_region_grid
     from zoomldm.io.images import load_image
-    from zoomldm.models.embedded import load_embedded
+    from zoomldm.models.encoders import encode_region_grid
+    from zoomldm.pipeline import load_embedded
 
     loaded = load_embedded()
     assert loaded is not None, "the package ships no embedded model"

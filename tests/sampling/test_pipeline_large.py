@@ -79,7 +79,7 @@ def test_every_form_of_the_reference_gives_the_same_image(compat_pipe, region128
     Image.fromarray(region128).save(path)
     forms = [path, str(path), Image.fromarray(region128), region128]
     images = [compat_pipe.generate_large(f, encoder=tiny_encoder, **FAST).image for f in forms]
-    from zoomldm.data.encoders import encode_region_grid
+    from zoomldm.models.encoders import encode_region_grid
 
     grid = encode_region_grid(tiny_encoder, region128, tile=64)
     np.save(tmp_path / "grid.npy", grid.numpy())

@@ -272,7 +272,7 @@ def test_a_generated_tiff_is_20x_at_half_a_micron_and_opens_in_the_viewer(compat
     import urllib.request
 
     openslide = pytest.importorskip("openslide")
-    from zoomldm.io import serve
+    from zoomldm.viewer import serve
 
     out = tmp_path / "g.tif"
     compat_pipe.generate_large(reference=_grid(compat_pipe, 2), guide="10x", out=out, progress=False, **SHORT)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
+from ..checkpoints import CHECKPOINT_ENV, EMBEDDED, default_checkpoint
+from ..checkpoints import PUBLISHED as DEFAULT_CHECKPOINT
 from ..devices import apply_speed_settings, resolve_device, resolve_rank_device  # noqa: F401 (re-exported)
-from ..models.embedded import CHECKPOINT_ENV, EMBEDDED, default_checkpoint
-from ..models.embedded import PUBLISHED as DEFAULT_CHECKPOINT
 
 #: what ``--checkpoint`` omitted means, for every model command's help
 DEFAULT_RULE = (
@@ -213,8 +213,8 @@ def sample(
 def _embed_reference(path: Path, image, encoder, weights: str | None, device: str, channels: int):
     """The SSL grid of the reference region ``image`` (uint8 HWC, read from ``path`` by
     :func:`~zoomldm.io.images.load_image`), embedded tile by tile; non-finite embeddings name ``path``."""
-    from ..data.encoders import encode_region_grid
     from ..errors import InputError, ZoomLDMError
+    from ..models.encoders import encode_region_grid
     from ..sampling.reference import build_ssl_encoder
 
     if image.shape[0] % 256 or image.shape[1] % 256:
@@ -293,5 +293,5 @@ def demo(
 
 def model_checkpoint(value: str | None) -> str:
     """``--checkpoint`` of a model command by the package's one rule
-    (:func:`zoomldm.models.embedded.default_checkpoint`); its one-line note goes to stderr."""
+    (:func:`zoomldm.checkpoints.default_checkpoint`); its one-line note goes to stderr."""
     return str(default_checkpoint(value, log=lambda line: typer.echo(line, err=True)))

@@ -1,7 +1,7 @@
 """``zoomldm view OUTPUT``: browse a large output (pyramidal TIFF or PNG) in a local deep-zoom page.
 
 ``zoomldm view IMAGE --generate --from 5x``: the zoom explorer — IMAGE at 5x, and the finer magnifications
-generated where the user zooms in (:mod:`zoomldm.io.explorer`).
+generated where the user zooms in (:mod:`zoomldm.viewer.explorer`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         import webbrowser
 
         from ..errors import ZoomLDMError
-        from ..io.viewer import serve
+        from ..viewer.server import serve
 
         if port < 0 or port > 65535:
             raise ZoomLDMError(f"--port must be 0-65535, got {port}")

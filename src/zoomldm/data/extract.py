@@ -19,8 +19,8 @@ import zarr
 from PIL import Image
 
 from ..errors import InputError, ZoomLDMError
+from ..models.encoders import SSLEncoder
 from ..scales import Magnification
-from .encoders import SSLEncoder
 from .readers import level0_resolution, open_image
 from .store import LATENT_SHAPE, create_part, finish_part
 from .tiling import TILE, base_grid, plan_slide, read_region

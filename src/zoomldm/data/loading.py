@@ -2,7 +2,7 @@
 
 One rule for both commands (so the same flags mean the same thing):
 
-* a :class:`~zoomldm.pipeline.ZoomLDMPipeline` is used as given;
+* a loaded model (:class:`~zoomldm.models.bundle.ZoomLDMModel`, a pipeline included) is used as given;
 * a checkpoint (our model dir, an official ``.ckpt``, a hub id, ``brca`` / ``naip``) is loaded, with
   ``config`` as its architecture when given;
 * **no checkpoint but a config** (``--config tiny``): random weights of that architecture, seeded (for
@@ -10,7 +10,7 @@ One rule for both commands (so the same flags mean the same thing):
   Summarizer takes, so ``prepare --config tiny`` makes a store that ``train`` with ``configs/train_tiny.yaml``
   accepts (with the published encoder, UNI's 1024-d grids would not fit the tiny model's 64-d input);
 * neither: ``$ZOOMLDM_CHECKPOINT``, else the published weights of the domain (``brca`` / ``naip``) — the
-  package's default rule (:func:`zoomldm.models.embedded.default_checkpoint`) without its offline fallback to
+  package's default rule (:func:`zoomldm.checkpoints.default_checkpoint`) without its offline fallback to
   the embedded model: a store or features belong to the model that made them, so the network state must not
   pick it. ``checkpoint="embedded"`` names the embedded model, ``encoder="embedded"`` its own SSL encoder.
 """
@@ -26,8 +26,8 @@ from ..errors import ZoomLDMError
 if TYPE_CHECKING:
     import torch
 
-    from ..pipeline import ZoomLDMPipeline
-    from .encoders import SSLEncoder
+    from ..models.bundle import ZoomLDMModel
+    from ..models.encoders import SSLEncoder
 
 #: the published checkpoint of each domain: the default of ``prepare`` and ``features``
 DEFAULT_CHECKPOINT = {"pathology": "brca", "satellite": "naip"}
@@ -55,7 +55,7 @@ def is_random(checkpoint: object, config: object) -> bool:
 
 
 def load_pipeline(
-    checkpoint: str | Path | ZoomLDMPipeline | None,
+    checkpoint: str | Path | ZoomLDMModel | None,
     config: str | Path | None = None,
     *,
     domain: str = "pathology",
@@ -64,11 +64,11 @@ def load_pipeline(
     device: str = "cpu",
     dtype: str | None = None,
     log: Callable[[str], None] | None = None,
-) -> ZoomLDMPipeline:
-    """The pipeline of a slide command (see the module docstring for the rule).
+) -> ZoomLDMModel:
+    """The model of a slide command (see the module docstring for the rule).
 
     Args:
-        checkpoint: a pipeline (returned as it is), a checkpoint path / hub id, or None.
+        checkpoint: a loaded model or pipeline (returned as it is), a checkpoint path / hub id, or None.
         config: preset or yaml: the architecture of an official checkpoint, or (without a checkpoint) of
             random weights.
         domain: picks the published checkpoint when neither is given.
@@ -77,18 +77,17 @@ def load_pipeline(
         device, dtype: where and in which precision the networks run (dtype: None keeps float32).
         log: receives a note when the weights are random.
     """
-    from ..pipeline import ZoomLDMPipeline
+    from ..checkpoints import default_checkpoint
+    from ..models.bundle import ZoomLDMModel
 
-    if isinstance(checkpoint, ZoomLDMPipeline):  # the caller's object: used where it is, not moved
+    if isinstance(checkpoint, ZoomLDMModel):  # the caller's object: used where it is, not moved
         return checkpoint
     if is_random(checkpoint, config):
         if log is not None:
             log(f"note: random weights of config {str(config)!r}, seed {seed} (for tests and demos only)")
-        return ZoomLDMPipeline.from_config(str(config), seed=seed).to(device=device, dtype=dtype)
-    from ..models.embedded import default_checkpoint
-
+        return ZoomLDMModel.from_config(str(config), seed=seed).to(device=device, dtype=dtype)
     source = str(default_checkpoint(checkpoint, published=DEFAULT_CHECKPOINT[domain], fallback=False))
-    return ZoomLDMPipeline.from_pretrained(
+    return ZoomLDMModel.from_pretrained(
         source,
         config=str(config) if config is not None else None,
         ema=ema,
@@ -99,10 +98,10 @@ def load_pipeline(
 
 def encoder_for_model(encoder: str | SSLEncoder | None, pipe: Any) -> str | SSLEncoder | None:
     """``encoder``, or, when none is named and ``pipe`` is the embedded offline model, ``"embedded"`` (its
-    Summarizer was trained on its own encoder's 64-d grids; :func:`zoomldm.sampling.reference.default_encoder`)."""
+    Summarizer was trained on its own encoder's 64-d grids; :func:`zoomldm.models.ssl.default_encoder`)."""
     if encoder is not None or pipe is None:
         return encoder
-    from ..sampling.reference import default_encoder
+    from ..models.ssl import default_encoder
 
     return "embedded" if default_encoder(pipe) == "embedded" else None
 
@@ -120,7 +119,7 @@ def load_encoder(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> SSLEncoder:
-    """The SSL tile encoder: an :class:`~.encoders.SSLEncoder` as given, a name, or the default.
+    """The SSL tile encoder: an :class:`~zoomldm.models.encoders.SSLEncoder` as given, a name, or the default.
 
     The default is the domain's published encoder (UNI, DINOv2), except with a random model
     (``random_model``): a random :data:`RANDOM_ENCODER` of width ``ssl_channels`` (seeded by ``seed``).
@@ -133,7 +132,7 @@ def load_encoder(
     """
     import torch
 
-    from .encoders import DOMAIN_ENCODERS, SSLEncoder, build_encoder
+    from ..models.encoders import DOMAIN_ENCODERS, SSLEncoder, build_encoder
 
     if isinstance(encoder, SSLEncoder):
         return encoder.to(device)

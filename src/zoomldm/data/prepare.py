@@ -20,40 +20,43 @@ with another thread count differ by float32 summation order, then float16 roundi
 
 ``<store>.prepare.json`` beside the store records the settings, the models and every slide's counts or
 error (see :func:`settings_path`). Modules: inputs in :mod:`.slides`, one slide in :mod:`.extract`,
-in-process / worker execution in :mod:`.workers`, the layout and commit in :mod:`.store`.
+in-process / worker execution in :mod:`.workers`, the layout and commit in :mod:`.store`, the settings
+and reports in :mod:`.prepare_settings`, the store's identity check in :mod:`.store_identity`, the ranks
+and the ordered commit in :mod:`.ranks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import zarr
 
 from ..errors import ZoomLDMError
-from ..scales import Magnification, scales_for
-from .encoders import SSLEncoder
+from ..models.encoders import SSLEncoder
 from .extract import ExtractionSettings, SlideSource
-from .slides import find_slides, slide_id
-from .store import (
-    STORE_FORMAT,
-    STORE_VERSION,
-    StoreWriter,
-    create_store,
-    delete_part,
-    normalize_url,
-    open_store,
-    part_status,
+from .prepare_settings import (
+    _UNIT,
+    DEFAULT_BASE_MPP,  # noqa: F401  (re-exported)
+    DEFAULT_THRESHOLD,
+    PrepareReport,
+    PrepareSettings,
+    SlideReport,
 )
-from .tiling import TILE
+from .ranks import _Committer, _main_process_first, _notify, rank_and_world
+from .slides import find_slides, slide_id
+from .store import STORE_FORMAT, StoreWriter, normalize_url, part_status
+from .store_identity import (
+    _open_or_create,
+    _store_attrs,
+    setting_differences,  # noqa: F401  (re-exported: `zoomldm features` uses it)
+    vae_fingerprint,
+)
 from .workers import ProgressBars, run_slides
 
 __all__ = [
@@ -69,114 +72,6 @@ __all__ = [
     "slide_id",
     "vae_fingerprint",
 ]
-
-#: minimum content fraction of a region, per domain (pathology: tissue; satellite: valid data)
-DEFAULT_THRESHOLD = {"pathology": 0.5, "satellite": 0.95}
-#: base resolution per domain: 20x ≙ 0.5 µm/px; satellite images keep their native resolution
-DEFAULT_BASE_MPP = {"pathology": 0.5, "satellite": None}
-_UNIT = {"pathology": "um", "satellite": "m"}
-
-
-@dataclass
-class PrepareSettings:
-    """Options of a prepare run. Those in :meth:`identity` must stay the same to resume a store."""
-
-    domain: str = "pathology"
-    #: magnification names or indices (default: all levels of the domain)
-    levels: tuple[str | int, ...] | None = None
-    #: base resolution (µm/px or m/px); None = the domain default (0.5 µm/px; satellite: native)
-    base_mpp: float | None = None
-    #: minimum content fraction per region: one value or one per level; None = domain default
-    tissue_threshold: float | tuple[float, ...] | None = None
-    resampling: str = "lanczos"
-    save_jpeg: bool = False
-    jpeg_quality: int = 90
-    batch_size: int = 32
-    workers: int = 1
-    #: resolution override for every slide (a CSV ``mpp`` column overrides it per slide)
-    mpp: float | None = None
-    #: autocast dtype for the VQ encoder (e.g. torch.bfloat16 on GPU); None = float32
-    vae_dtype: str | None = None
-
-    def resolved_levels(self) -> tuple[Magnification, ...]:
-        scales = scales_for(self.domain)
-        if self.levels is None:
-            return tuple(scales)
-        chosen = sorted({scales.parse(v).index for v in self.levels})
-        return tuple(scales[i] for i in chosen)
-
-    def resolved_threshold(self) -> float | tuple[float, ...]:
-        t = DEFAULT_THRESHOLD[self.domain] if self.tissue_threshold is None else self.tissue_threshold
-        if isinstance(t, (int, float)):
-            if not 0 <= t <= 1:
-                raise ZoomLDMError(f"the tissue threshold is a fraction in [0, 1], got {t}")
-            return float(t)
-        t = tuple(float(v) for v in t)
-        if len(t) != len(self.resolved_levels()) or not all(0 <= v <= 1 for v in t):
-            raise ZoomLDMError(
-                f"give one tissue threshold in [0, 1] or one per level ({len(self.resolved_levels())})"
-            )
-        return t
-
-    def resolved_base_mpp(self) -> float | None:
-        return DEFAULT_BASE_MPP[self.domain] if self.base_mpp is None else float(self.base_mpp)
-
-    def identity(self) -> dict[str, Any]:
-        """Settings that change the stored data (a resumed run must use the same)."""
-        return {
-            "domain": self.domain,
-            "levels": [m.name for m in self.resolved_levels()],
-            "base_mpp": self.resolved_base_mpp(),
-            "tissue_threshold": self.resolved_threshold(),
-            "resampling": self.resampling,
-            "save_jpeg": self.save_jpeg,
-            "jpeg_quality": self.jpeg_quality if self.save_jpeg else None,
-            "vae_dtype": self.vae_dtype,
-            "tile": TILE,
-        }
-
-    def validate(self) -> None:
-        if self.domain not in DEFAULT_THRESHOLD:
-            raise ZoomLDMError(f"unknown domain {self.domain!r}; expected pathology or satellite")
-        from .readers import RESAMPLING
-
-        if self.resampling not in RESAMPLING:
-            raise ZoomLDMError(
-                f"unknown resampling filter {self.resampling!r}; expected one of {sorted(RESAMPLING)}"
-            )
-        if self.batch_size < 1 or self.workers < 1:
-            raise ZoomLDMError("--batch-size and --workers must be at least 1")
-        self.resolved_threshold()
-
-
-@dataclass
-class SlideReport:
-    """What happened to one slide in this run."""
-
-    id: str
-    path: str
-    status: str  # "committed" (this run), "done" (in the store before), "failed", "pending" (another rank)
-    counts: dict[str, int] = field(default_factory=dict)
-    error: str = ""
-
-
-@dataclass
-class PrepareReport:
-    """Result of :func:`prepare_dataset`: per-slide outcomes and totals."""
-
-    store: str
-    rank: int
-    world_size: int
-    slides: list[SlideReport]
-    totals: dict[str, int]
-    seconds: float
-
-    @property
-    def failed(self) -> list[SlideReport]:
-        return [s for s in self.slides if s.status == "failed"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # -- the whole command ---------------------------------------------------------------------------------
@@ -219,7 +114,7 @@ def prepare(
             of the model's SSL width (see :mod:`.loading`).
         encoder_weights: a local weights file for ``encoder``, or ``"random"``.
         encoder_options: timm keyword arguments of ``encoder`` (e.g. ``{"embed_dim": 64}``).
-        checkpoint: the VQ source: a :class:`~zoomldm.pipeline.ZoomLDMPipeline`, a diffusers ``VQModel``,
+        checkpoint: the VQ source: a loaded model (:class:`~zoomldm.models.bundle.ZoomLDMModel`), a diffusers ``VQModel``,
             our model dir, an official ``.ckpt`` or a hub id; None: the published brca / naip weights, or
             with ``config`` random weights of that architecture (tests and demos).
         config: preset or yaml: the architecture of an official checkpoint, or of random weights.
@@ -327,36 +222,6 @@ def prepare(
     )
 
 
-# -- model identity -----------------------------------------------------------------------------------
-def vae_fingerprint(vae: torch.nn.Module) -> str:
-    """sha256 of the encoder-side weights (``encoder.*``, ``quant_conv.*``): what determines the latents."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
-        if name.startswith(("encoder.", "quant_conv.")):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-# -- ranks --------------------------------------------------------------------------------------------
-def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit values, else ``RANK`` / ``WORLD_SIZE`` from the environment (torchrun, accelerate launch)."""
-    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    if not 0 <= rank < world:
-        raise ZoomLDMError(f"rank {rank} is outside 0..{world - 1}")
-    return rank, world
-
-
-def _main_process_first(world: int) -> contextlib.AbstractContextManager:
-    if world == 1:
-        return contextlib.nullcontext()
-    from accelerate import PartialState
-
-    # accelerate only sets up a CPU process group (gloo) when told to run on CPU
-    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
-
-
 # -- the run ------------------------------------------------------------------------------------------
 def prepare_dataset(
     slides: Sequence[SlideSource] | str | Path,
@@ -459,141 +324,6 @@ def settings_path(store: str | Path) -> str:
     """``<store>.prepare.json``: the settings, models and per-slide report of the last run, beside the store
     (not inside it, so that zarr sees only its own files)."""
     return normalize_url(store).rstrip("/") + ".prepare.json"
-
-
-class _Committer:
-    """Rank 0's ordered commit of resolved slides (see :class:`~.store.StoreWriter`)."""
-
-    def __init__(self, root, writer, sources, reports, run, is_main, log, on_slide_done) -> None:
-        self.root, self.writer, self.sources, self.reports = root, writer, sources, reports
-        self.run, self.is_main, self.log, self.on_slide_done = run, is_main, log, on_slide_done
-        self.position = 0
-        self.bars: ProgressBars | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.position >= len(self.sources)
-
-    def advance(self) -> None:
-        """Commit every slide, in order, up to the first one that is not resolved yet."""
-        if not self.is_main:
-            return
-        while not self.finished:
-            source = self.sources[self.position]
-            report = self.reports[source.id]
-            if self.writer.is_committed(source.id):
-                delete_part(self.root, source.id)  # left over by a crash right after its commit
-            else:
-                status, attrs = part_status(self.root, source.id)
-                if status == "complete":
-                    report.counts = self.writer.commit(self.root[f"_parts/{source.id}"])
-                    report.status = "committed"
-                    delete_part(self.root, source.id)
-                elif status == "failed" and attrs.get("run") == self.run:
-                    report.status, report.error = "failed", str(attrs.get("error", ""))
-                else:
-                    return
-                _notify(report, self.log, self.on_slide_done, self.bars)
-            self.position += 1
-
-
-def _notify(report: SlideReport, log, on_slide_done, bars: ProgressBars | None = None) -> None:
-    if log is not None:
-        if report.status == "failed":
-            line = f"{report.id}: FAILED {report.error}"
-        else:
-            line = f"{report.id}: " + ", ".join(f"{k} {v}" for k, v in report.counts.items())
-        if bars is not None and bars.active:
-            bars.print(line)  # above the bars
-        else:
-            log(line)
-    if on_slide_done is not None:
-        on_slide_done(report)
-
-
-def _store_attrs(
-    settings: PrepareSettings, encoder: SSLEncoder, vae: torch.nn.Module, vae_info: dict | None
-) -> dict:
-    return {
-        "format": STORE_FORMAT,
-        "version": STORE_VERSION,
-        "zoomldm_version": _package_version(),
-        "domain": settings.domain,
-        "levels": [
-            {"index": m.index, "name": m.name, "key": m.key, "grid_size": m.grid_size}
-            for m in settings.resolved_levels()
-        ],
-        "tile_size": TILE,
-        "resampling": f"{settings.resampling} (PIL, antialiased); pyramid level nearest finer than the target",
-        "unit": "um/px" if settings.domain == "pathology" else "m/px",
-        "encoder": encoder.describe(),
-        "vae": {"weights_sha256": vae_fingerprint(vae), "latent_shape": [3, 64, 64], **(vae_info or {})},
-        "identity": settings.identity(),
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
-    }
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("zoomldm")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _open_or_create(
-    url: str, attrs: dict, levels, ssl_dim: int, save_jpeg: bool, is_main: bool
-) -> zarr.Group:
-    """Create the store, or reopen it after checking that it was made with the same settings."""
-    try:
-        root = open_store(url, mode="r+")
-        existing = root.attrs.asdict()
-    except (ZoomLDMError, FileNotFoundError):
-        existing = None
-    if existing is None or "format" not in existing:
-        if not is_main:
-            raise ZoomLDMError(f"{url}: the store does not exist; rank 0 creates it")
-        root = open_store(url, mode="w" if existing is None else "a")
-        create_store(root, levels, ssl_dim, attrs, save_jpeg)
-    else:
-        if existing.get("format") != STORE_FORMAT:
-            raise ZoomLDMError(f"{url} is not a zoomldm dataset store")
-        diffs = [
-            f"{key}.{name}: {old!r} in the store, {new!r} now"
-            for key in ("identity", "encoder", "vae")
-            for name, old, new in setting_differences(
-                _comparable(existing.get(key), key), _comparable(attrs[key], key)
-            )
-        ]
-        if diffs:
-            raise ZoomLDMError(
-                f"{url} was prepared with other settings ({'; '.join(diffs)}); use the same options or a new store"
-            )
-    if is_main:
-        StoreWriter(root, levels).repair()
-        root.attrs["run"] = int(root.attrs.get("run", 0)) + 1
-        attrs_now = {k: v for k, v in attrs.items() if k in ("settings", "zoomldm_version")}
-        root.attrs.update(attrs_now)  # the latest run's non-identity settings (workers, batch size)
-    return root
-
-
-def setting_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old, new)`` for every leaf that differs between two JSON-like settings records (the
-    message of ``prepare`` and ``features`` when an output was made with other settings)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            d
-            for k in sorted(set(old) | set(new))
-            for d in setting_differences(old.get(k), new.get(k), f"{prefix}{k}.")
-        ]
-    return [] if old == new else [(prefix.rstrip("."), old, new)]
-
-
-def _comparable(value: Any, key: str) -> Any:
-    if key == "vae" and isinstance(value, dict):
-        return {"weights_sha256": value.get("weights_sha256")}
-    return json.loads(json.dumps(value))
 
 
 def _write_json(url: str, payload: dict) -> None:

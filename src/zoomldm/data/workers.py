@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ZoomLDMError
-from .encoders import SSLEncoder
+from ..models.encoders import SSLEncoder
 from .extract import ExtractionSettings, SlideSource, describe_failure, process_slide
 from .store import fail_part, open_store
 

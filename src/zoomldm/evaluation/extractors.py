@@ -10,7 +10,7 @@ same images, so the library and mode must be stated).
   bilinearly to 299² inside the network. Needs the optional ``pytorch-fid`` package
   (``pip install 'zoomldm[fid]'``) and the weights file: ``weights=PATH``, else ``$ZOOMLDM_INCEPTION_WEIGHTS``,
   else the torch hub cache where pytorch-fid itself keeps it. Nothing is ever downloaded here.
-* :class:`EncoderExtractor` — any :class:`zoomldm.data.encoders.SSLEncoder` (UNI, DINOv2, timm), since
+* :class:`EncoderExtractor` — any :class:`zoomldm.models.encoders.SSLEncoder` (UNI, DINOv2, timm), since
   users doubt Inception on histology; or :class:`CallableExtractor` around any function.
 """
 
@@ -140,7 +140,7 @@ class InceptionExtractor:
 
 
 class EncoderExtractor:
-    """A domain encoder (:class:`zoomldm.data.encoders.SSLEncoder`) as a feature extractor."""
+    """A domain encoder (:class:`zoomldm.models.encoders.SSLEncoder`) as a feature extractor."""
 
     library = "zoomldm.data.encoders (timm)"
 
@@ -175,11 +175,11 @@ def build_extractor(
     device: str | torch.device = "cpu",
     batch_size: int = 50,
 ) -> FeatureExtractor:
-    """``"inception"`` (pytorch-fid) or an SSL encoder name of :mod:`zoomldm.data.encoders`
+    """``"inception"`` (pytorch-fid) or an SSL encoder name of :mod:`zoomldm.models.encoders`
     (``uni``, ``dinov2_vitl14_reg``, ``timm:<name>``) with its weights."""
     if name == "inception":
         return InceptionExtractor(inception_weights, device=device, batch_size=batch_size)
-    from ..data.encoders import build_encoder
+    from ..models.encoders import build_encoder
 
     return EncoderExtractor(
         build_encoder(name, weights=encoder_weights, device=device), batch_size=batch_size

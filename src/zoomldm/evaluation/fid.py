@@ -194,7 +194,7 @@ def write_generated_samples(
     after a crash only makes what is missing. The generator should seed itself from ``start`` so a
     resumed run gives the same images.
     """
-    from ..io import save_png
+    from ..io.images import save_png
     from ..progress import track
 
     if num_samples < 2:
@@ -267,7 +267,7 @@ def fid_for_magnification(
         split: where the real images come from (e.g. ``"held-out slides"``); recorded, never guessed.
         cache_dir: where reference statistics are cached (default ``<out_dir>/cache``).
     """
-    from ..io import package_version
+    from ..io.images import package_version
 
     out = Path(out_dir)
     key = str(magnification).replace(".", "_")

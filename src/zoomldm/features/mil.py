@@ -15,297 +15,55 @@ Output folder of :func:`cross_validate`::
     heatmaps/<slide>.png      attention of the fold model that had the slide in its test set
 
 A rerun with the same settings resumes: finished folds are read back, not retrained.
+
+Modules: settings and one fold's training in :mod:`.mil_training`, metrics in :mod:`.mil_metrics`, the
+run's files in :mod:`.mil_io`, trained models applied to new slides in :mod:`.mil_evaluation`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import warnings
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from rich.progress import Progress
 
 from ..errors import ZoomLDMError
-from .abmil import ABMILConfig, GatedABMIL, load_abmil, save_abmil
-from .bags import FeatureBags, LabelTable, SlideBag, read_labels
-from .heatmap import attention_heatmap, find_thumbnail, save_heatmap
-from .splits import Split, make_splits, read_splits, write_split
+from .abmil import save_abmil
+from .bags import FeatureBags, LabelTable
+from .mil_evaluation import EvalResult, evaluate_models, find_models
+from .mil_io import (
+    Predictions,
+    _heatmap,
+    _load_labels,
+    _progress_bar,
+    _read_predictions,
+    _version,
+    _write_predictions,
+    _write_table,
+)
+from .mil_metrics import _mean_std, auc_score, balanced_accuracy
+from .mil_training import FoldHistory, MILConfig, predict, train_fold
+from .splits import make_splits, read_splits, write_split
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "CVResult",
+    "EvalResult",
+    "FoldHistory",
+    "MILConfig",
+    "Predictions",
+    "auc_score",
+    "balanced_accuracy",
+    "cross_validate",
+    "evaluate_models",
+    "find_models",
+    "predict",
+    "train_fold",
+    "train_mil",
+]
 
 SUMMARY_COLUMNS = ("fold", "test_auc", "val_auc", "test_acc", "val_acc")
-
-
-@dataclass(frozen=True)
-class MILConfig:
-    """Settings of MIL training (defaults: CONVENTIONS.md "MIL")."""
-
-    folds: int = 5
-    epochs: int = 100
-    patience: int = 10
-    min_epochs: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    dropout: float = 0.25
-    embed_dim: int = 512
-    attn_dim: int = 256
-    max_tiles: int | None = None
-    val_fraction: float = 0.2
-    balance_classes: bool = True
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.patience < 1 or self.min_epochs < 0:
-            raise ZoomLDMError("--epochs and --patience must be at least 1 and --min-epochs at least 0")
-        for option, value, ok in (
-            ("--lr", self.lr, self.lr > 0),
-            ("--weight-decay", self.weight_decay, self.weight_decay >= 0),
-            ("--dropout", self.dropout, 0 <= self.dropout < 1),
-            ("--val-fraction", self.val_fraction, 0 < self.val_fraction < 0.5),
-        ):
-            if not (math.isfinite(value) and ok):  # NaN fails every comparison: say so, not torch
-                wanted = {"--lr": "> 0", "--weight-decay": ">= 0", "--dropout": "in [0, 1)"}.get(
-                    option, "in (0, 0.5)"
-                )
-                raise ZoomLDMError(f"{option}: expected a finite number {wanted}, got {value}")
-        if self.max_tiles is not None and self.max_tiles < 1:
-            raise ZoomLDMError(f"--max-tiles must be at least 1, got {self.max_tiles}")
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def auc_score(y: np.ndarray, probs: np.ndarray) -> float:
-    """ROC AUC: binary (positive = class 1) or one-vs-rest macro over the classes present in ``y``.
-
-    NaN when ``y`` has a single class. With every class present this equals scikit-learn's
-    ``roc_auc_score(multi_class="ovr", average="macro")``; computing it per class also covers small
-    validation sets that miss a class.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y)
-    if len(np.unique(y)) < 2:
-        return math.nan
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(y, probs[:, 1]))
-    present = [c for c in range(probs.shape[1]) if (y == c).any()]
-    return float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
-
-
-def balanced_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
-    """Balanced accuracy of the arg-max prediction (mean recall over the classes present in ``y``)."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    with warnings.catch_warnings():  # sklearn warns when a predicted class is absent from y
-        warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(y, probs.argmax(axis=1)))
-
-
-# --------------------------------------------------------------------------------------- train / predict
-
-
-def _bag_tensor(bag: SlideBag, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(bag.features).to(device)
-
-
-@torch.no_grad()
-def predict(
-    model: GatedABMIL, bag: SlideBag, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``(C,)`` and attention ``(N,)`` of one bag, using all its tiles."""
-    model.eval()
-    logits, attention = model(_bag_tensor(bag, torch.device(device)))
-    return torch.softmax(logits, dim=-1).cpu().numpy(), attention.cpu().numpy()
-
-
-@dataclass
-class FoldHistory:
-    """Per-epoch losses of one fold and where early stopping kept the weights."""
-
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-
-
-def train_fold(
-    bags: Mapping[str, SlideBag],
-    labels: LabelTable,
-    split: Split,
-    config: MILConfig,
-    fold: int = 0,
-    device: str | torch.device = "cpu",
-    progress: Progress | None = None,
-) -> tuple[GatedABMIL, FoldHistory]:
-    """Train one ABMIL on ``split.train``, early-stopping on the loss over ``split.val``.
-
-    Deterministic for a given ``config.seed`` and ``fold`` (own RNG streams; the global torch RNG is
-    restored afterwards). Returns the model with the weights of the best validation epoch.
-    """
-    config.validate()
-    device = torch.device(device)
-    target = dict(zip(labels.slide_ids, labels.targets.tolist(), strict=True))
-    n_classes, dim = len(labels.classes), next(iter(bags.values())).dim
-    train_ids, val_ids = list(split.train), list(split.val)
-    weight = None
-    if config.balance_classes:  # inverse class frequency in the training slides
-        counts = np.bincount([target[s] for s in train_ids], minlength=n_classes).astype(np.float64)
-        weight = torch.tensor(
-            len(train_ids) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32, device=device
-        )
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-    rng = np.random.default_rng([config.seed, fold])
-    history = FoldHistory()
-    task = progress.add_task(f"fold {fold}", total=config.epochs) if progress is not None else None
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed * 1000 + fold)
-        architecture = ABMILConfig(dim, n_classes, config.embed_dim, config.attn_dim, config.dropout)
-        model = GatedABMIL(architecture).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        best_loss, best_state, stale = math.inf, None, 0
-        for epoch in range(config.epochs):
-            # 1. one pass over the training slides, one bag per step, optionally subsampled
-            model.train()
-            total = 0.0
-            for slide in rng.permutation(train_ids):
-                x = _bag_tensor(bags[slide], device)
-                if config.max_tiles is not None and x.shape[0] > config.max_tiles:
-                    keep = np.sort(rng.choice(x.shape[0], config.max_tiles, replace=False))
-                    x = x[torch.from_numpy(keep).to(device)]
-                logits, _ = model(x)
-                loss = loss_fn(logits[None], torch.tensor([target[slide]], device=device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item()
-            history.train_loss.append(total / len(train_ids))
-            if progress is not None:
-                progress.update(task, advance=1, description=f"fold {fold} loss {history.train_loss[-1]:.3f}")
-            # 2. validation loss over all tiles; keep the best weights (no validation slides: the last)
-            if not val_ids:
-                continue
-            model.eval()
-            with torch.no_grad():
-                losses = [
-                    torch.nn.functional.cross_entropy(
-                        model(_bag_tensor(bags[s], device))[0][None], torch.tensor([target[s]], device=device)
-                    ).item()
-                    for s in val_ids
-                ]
-            val_loss = float(np.mean(losses))
-            history.val_loss.append(val_loss)
-            if val_loss < best_loss - 1e-6:
-                best_loss, stale, history.best_epoch = val_loss, 0, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-            # 3. early stopping
-            if stale >= config.patience and epoch + 1 >= config.min_epochs:
-                break
-    if progress is not None:
-        progress.remove_task(task)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return model, history
-
-
-# ----------------------------------------------------------------------------------------- predictions
-
-
-@dataclass
-class Predictions:
-    """Predictions for a set of slides: ``probs[i]`` of ``slide_ids[i]`` with true class ``targets[i]``."""
-
-    slide_ids: list[str]
-    targets: np.ndarray
-    probs: np.ndarray
-    splits: list[str]
-
-    def select(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = [i for i, s in enumerate(self.splits) if s == split]
-        return self.targets[rows], self.probs[rows]
-
-
-def _write_predictions(path: Path, preds: Predictions, classes: Sequence[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["slide_id", "split", "label", "prediction", *(f"p_{c}" for c in classes)])
-        for slide, split, t, p in zip(preds.slide_ids, preds.splits, preds.targets, preds.probs, strict=True):
-            writer.writerow([slide, split, classes[t], classes[int(p.argmax())], *(f"{v:.6g}" for v in p)])
-    tmp.replace(path)
-
-
-def _read_predictions(path: Path, classes: Sequence[str]) -> Predictions:
-    index = {c: i for i, c in enumerate(classes)}
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return Predictions(
-        [r["slide_id"] for r in rows],
-        np.array([index[r["label"]] for r in rows], dtype=np.int64),
-        np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(
-            len(rows), -1
-        ),
-        [r["split"] for r in rows],
-    )
-
-
-def _write_table(path: Path, columns: Sequence[str], rows: list[list[Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-    tmp.replace(path)
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[~np.isnan(arr)]
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
-def _heatmap(
-    bag: SlideBag, attention: np.ndarray, path: Path, thumbnails: Path | None, info: dict[str, str]
-) -> None:
-    patch = bag.patch_size_level0 or _guess_patch_size(bag.coords)
-    size = (bag.attrs.get("level0_width"), bag.attrs.get("level0_height"))
-    extent = (int(size[0]), int(size[1])) if all(isinstance(v, (int, float)) for v in size) else None
-    thumbnail = find_thumbnail(thumbnails, bag.slide_id)
-    image = attention_heatmap(bag.coords, attention, patch, thumbnail=thumbnail, extent=extent)
-    save_heatmap(image, path, {"slide_id": bag.slide_id, **info})
-
-
-def _guess_patch_size(coords: np.ndarray) -> int:
-    """Smallest positive coordinate step (files without a ``patch_size_level0`` attribute)."""
-    steps = np.diff(np.unique(coords), axis=0)
-    steps = steps[steps > 0]
-    return int(steps.min()) if steps.size else 256
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("zoomldm")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    from ..progress import make_progress, progress_enabled
-
-    return make_progress() if progress_enabled(enabled) else Progress(disable=True)
 
 
 # ------------------------------------------------------------------------------------ cross-validation
@@ -322,10 +80,6 @@ class CVResult:
     out_dir: Path
     missing: list[str] = field(default_factory=list)
     resumed_folds: list[int] = field(default_factory=list)
-
-
-def _load_labels(labels: str | Path | LabelTable, min_classes: int = 2) -> LabelTable:
-    return labels if isinstance(labels, LabelTable) else read_labels(labels, min_classes=min_classes)
 
 
 def cross_validate(
@@ -530,109 +284,3 @@ def train_mil(
         device=device,
         progress=progress,
     )
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-
-
-@dataclass
-class EvalResult:
-    """Metrics of each fold model and of their ensemble (mean probabilities) on one labelled feature set."""
-
-    rows: list[dict[str, Any]]
-    ensemble: dict[str, float]
-    classes: list[str]
-    out_dir: Path
-    missing: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def find_models(model_dir: str | Path) -> list[Path]:
-    """The ``fold_{k}.safetensors`` of a training output folder, in fold order."""
-    model_dir = Path(model_dir)
-    paths = sorted(model_dir.glob("fold_*.safetensors"), key=lambda p: int(p.stem.split("_")[-1]))
-    if not paths:
-        raise ZoomLDMError(
-            f"no fold_{{k}}.safetensors in {model_dir}; expected the OUT folder of 'zoomldm mil train'"
-        )
-    return paths
-
-
-def evaluate_models(
-    model_dir: str | Path,
-    features_dir: str | Path,
-    labels: str | Path | LabelTable,
-    out_dir: str | Path,
-    thumbnails: str | Path | None = None,
-    heatmaps: bool = True,
-    skip_missing: bool = False,
-    device: str = "cpu",
-    progress: bool = False,
-) -> EvalResult:
-    """Apply every fold model of ``model_dir`` to all labelled slides of ``features_dir``.
-
-    Writes ``eval_summary.csv`` (fold, auc, acc per model, mean and std over models, and the ensemble of
-    the models' mean probabilities), ``predictions.csv`` (ensemble) and ``heatmaps/<slide>.png`` (attention
-    averaged over the models).
-    """
-    # 1. models, labels (indexed against the models' classes), bags
-    models = [load_abmil(p, device) for p in find_models(model_dir)]
-    classes = models[0][1]
-    if any(m[1] != classes for m in models):
-        raise ZoomLDMError(f"the models in {model_dir} were trained on different classes")
-    table = _load_labels(labels, min_classes=1).with_classes(classes)
-    bags = FeatureBags(features_dir, table.slide_ids, skip_missing=skip_missing)
-    table = table.subset(list(bags))
-    in_dim = models[0][0].config.in_dim
-    if bags.dim != in_dim:
-        raise ZoomLDMError(
-            f"the models take {in_dim}-d features but {features_dir} holds {bags.dim}-d features"
-        )
-    notes = []
-    trained_on = (models[0][2].get("features") or {}).get("encoder")
-    given = bags.attrs().get("encoder")
-    if trained_on is not None and given is not None and trained_on != given:
-        notes.append(f"models were trained on {trained_on!r} features; these are {given!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 2. predict every slide with every model
-    y = table.targets
-    probs = np.zeros((len(models), len(table), len(classes)))
-    with _progress_bar(progress) as bar:
-        task = bar.add_task("slides", total=len(table))
-        for i, slide in enumerate(table.slide_ids):
-            bag = bags[slide]
-            attentions = []
-            for m, (model, _, _) in enumerate(models):
-                probs[m, i], attention = predict(model, bag, device)
-                attentions.append(attention)
-            if heatmaps:
-                info = {"models": str(len(models)), "label": table.labels[i]}
-                _heatmap(
-                    bag,
-                    np.mean(attentions, axis=0),
-                    out / "heatmaps" / f"{slide}.png",
-                    Path(thumbnails) if thumbnails else None,
-                    info,
-                )
-            bar.advance(task)
-
-    # 3. metrics per model, mean ± std, ensemble; predictions of the ensemble
-    rows = [
-        {"fold": m, "auc": auc_score(y, probs[m]), "acc": balanced_accuracy(y, probs[m])}
-        for m in range(len(models))
-    ]
-    ensemble_probs = probs.mean(axis=0)
-    ensemble = {"auc": auc_score(y, ensemble_probs), "acc": balanced_accuracy(y, ensemble_probs)}
-    stats = {k: _mean_std([r[k] for r in rows]) for k in ("auc", "acc")}
-    table_rows = [[r["fold"], r["auc"], r["acc"]] for r in rows]
-    table_rows += [["mean", stats["auc"][0], stats["acc"][0]], ["std", stats["auc"][1], stats["acc"][1]]]
-    table_rows.append(["ensemble", ensemble["auc"], ensemble["acc"]])
-    _write_table(out / "eval_summary.csv", ("fold", "auc", "acc"), table_rows)
-    _write_predictions(
-        out / "predictions.csv",
-        Predictions(list(table.slide_ids), y, ensemble_probs, ["eval"] * len(table)),
-        classes,
-    )
-    return EvalResult(rows, ensemble, classes, out, list(bags.missing), notes)

@@ -58,10 +58,10 @@ def block_channels(unet: Any, name: str) -> int:
 
 
 class UNetFeatureExtractor:
-    """Pooled UNet block features of 256² images for a :class:`~zoomldm.pipeline.ZoomLDMPipeline`.
+    """Pooled UNet block features of 256² images for a loaded model (:class:`~zoomldm.models.bundle.ZoomLDMModel`).
 
     Args:
-        pipe: the pipeline (its ``vae``, ``unet``, ``summarizer`` and schedule are used as they are).
+        pipe: the model (its ``vae``, ``unet``, ``summarizer`` and schedule are used as they are).
         blocks: block names, see :func:`parse_blocks`.
         timestep: the noise level ``t`` in ``0 … T−1`` (small: the image stays recognisable).
         seed: seed of the shared noise latent.

@@ -152,6 +152,55 @@ def load_image(path: str | os.PathLike[str], what: str = "image") -> np.ndarray:
         raise image_error(path, err, what) from pillow_error
 
 
+def load_lr_image(path: str | Path, resize: int | None = None) -> np.ndarray:
+    """Read an RGB image as uint8 HWC, optionally resampled (Lanczos) to ``resize``² pixels.
+
+    A missing, empty or unknown file and damaged pixel data (e.g. a JPEG truncated after its header) are
+    one-line :class:`~zoomldm.errors.InputError` s naming the file (:func:`zoomldm.io.images.load_image`).
+    """
+    from PIL import Image
+
+    if resize is not None and resize < 1:
+        raise InputError(f"--resize (resize) must be a positive size in pixels; got {resize}")
+    image = load_image(path, "low-resolution image")
+    if resize is not None:
+        image = np.asarray(Image.fromarray(image).resize((resize, resize), Image.LANCZOS))
+    return image
+
+
+def _name(value: Any) -> str:
+    return Path(value).name if isinstance(value, str | Path) else "the image"
+
+
+def read_image(value: Any, resize: int | None = None, what: str = "image") -> np.ndarray:
+    """A path, PIL image or uint8 ``[H, W, 3]`` array → uint8 ``[H, W, 3]`` (optionally Lanczos-resampled to
+    ``resize``² pixels, as ``--resize``)."""
+    from PIL import Image
+
+    if isinstance(value, str | Path):
+        return load_lr_image(value, resize)  # the one reader of image files (missing/damaged: InputError)
+    if isinstance(value, Image.Image):
+        image = value.convert("RGB")
+    elif isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3 or 0 in value.shape:
+            raise InputError(
+                f"{what}: expected a uint8 RGB array [H, W, 3]; got {value.dtype} {list(value.shape)} "
+                "(convert with np.asarray(PIL.Image.open(path).convert('RGB')))"
+            )
+        if resize is None:
+            return value
+        image = Image.fromarray(value)
+    else:
+        raise InputError(
+            f"{what}: expected a file path, a PIL image or a uint8 [H, W, 3] array; got {type(value).__name__}"
+        )
+    if resize is not None:
+        if resize < 1:
+            raise InputError(f"resize must be a positive size in pixels; got {resize}")
+        image = image.resize((resize, resize), Image.LANCZOS)
+    return np.asarray(image).copy()
+
+
 def _tifffile_rgb(path: Path) -> np.ndarray:
     import tifffile
 

@@ -37,13 +37,9 @@ Layouts:
   by tifffile with empty tiles and their TileOffsets/TileByteCounts are then set to the SubIFD's with
   tifffile's ``TiffTag.overwrite``.
 
-Provenance (settings, seed, version, mpp) is stored as JSON inside an XMP packet (TIFF tag 700, the
-standard place for application metadata; the JSON is the text of ``zoomldm:provenance``) in both layouts,
-and for OME-TIFF also as an OME ``MapAnnotation`` (namespace :data:`PROVENANCE_NAMESPACE`, one entry per
-key) that OME tools show. No reader takes either for its own metadata. (A private tag was rejected:
-unregistered numbers collide with vendor tags, e.g. 65420 marks a Hamamatsu NDPI file for OpenSlide and
-tifffile.) :func:`read_provenance` reads it back, also from files of the previous layout (JSON in the
-ImageDescription, or in the OME Image ``Description``).
+Provenance (settings, seed, version, mpp) is stored as JSON in an XMP packet in both layouts, and for
+OME-TIFF also as an OME ``MapAnnotation``; :func:`read_provenance` reads it back (:mod:`.tiff_provenance`
+says where and why).
 
 Memory: :class:`PyramidalTiffWriter` accepts rows in order (``write_rows``, e.g. from
 :func:`zoomldm.sampling.decode.decode_large_to`). Full-resolution tiles go to tifffile as soon as a band of
@@ -55,11 +51,14 @@ the resident memory), then read back a band at a time and written tile by tile a
 memory is therefore O(width): a few rows of tiles (``tests/io/test_tiff_streaming.py`` measures it). Files
 that could pass 4 GiB are written as BigTIFF (:func:`needs_bigtiff`).
 The TIFF is written to a temporary name and renamed into place when complete.
+
+Here: the writer (rows in, the writer thread, the temporary files, the rename) and :func:`write_tiff`. The
+tags of each page are :mod:`.tiff_pages`, the reduced levels :mod:`.tiff_levels`, the level and file sizes
+:mod:`.tiff_sizes`, the provenance :mod:`.tiff_provenance`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -73,251 +72,52 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ZoomLDMError
+from ..errors import ZoomLDMError
 from .images import as_uint8_hwc, provenance
+from .tiff_levels import _band_tiles, _Reducer, _Spool
+from .tiff_pages import TiffPageLayout
+from .tiff_provenance import (
+    PROVENANCE_NAMESPACE,
+    XMP_TAG,
+    _ome_record,  # noqa: F401 (its home was this module)
+    read_provenance,
+)
+from .tiff_sizes import (
+    CLASSIC_TIFF_LIMIT,
+    COMPRESSIONS,
+    TIFF_BYTES_PER_PIXEL,
+    TIFF_TILE,
+    estimated_tiff_bytes,
+    level_shapes,
+    needs_bigtiff,
+    tiff_size_bound,
+)
 
-COMPRESSIONS = {"jpeg": "jpeg", "zlib": "zlib", "deflate": "zlib", "none": None}
-#: tile edge of the written TIFFs (what slide readers expect)
-TIFF_TILE = 256
-#: a classic TIFF addresses its data with 32-bit offsets: files must stay below 4 GiB
-CLASSIC_TIFF_LIMIT = 2**32
-#: typical stored bytes per pixel, for disk planning (:func:`estimated_tiff_bytes`): JPEG quality 90 measured
-#: 0.36 B/px on the 256² tiles of the H&E image brca_001.jpeg, taken as 0.5 for margin; zlib measured
-#: 2.75 B/px on the same image (no predictor), taken as 3 (raw): lossless compression of generated tissue
-#: is not counted on
-TIFF_BYTES_PER_PIXEL = {"jpeg": 0.5, "zlib": 3.0, "deflate": 3.0, "none": 3.0}
-#: XML namespace of the provenance in the XMP packet, and Namespace of the OME MapAnnotation
-PROVENANCE_NAMESPACE = "urn:zoomldm:provenance:1"
+__all__ = [
+    "CLASSIC_TIFF_LIMIT",
+    "COMPRESSIONS",
+    "OME_XSD",
+    "PROVENANCE_NAMESPACE",
+    "TIFF_BYTES_PER_PIXEL",
+    "TIFF_TILE",
+    "XMP_TAG",
+    "PyramidalTiffWriter",
+    "estimated_tiff_bytes",
+    "level_shapes",
+    "needs_bigtiff",
+    "read_provenance",
+    "tiff_size_bound",
+    "write_tiff",
+]
+
 #: the OME-XML 2016-06 schema (bundled, CC BY 3.0; see io/ome/README.md) to validate OME-TIFF output
 OME_XSD = Path(__file__).with_name("ome") / "ome-2016-06.xsd"
-XMP_TAG = 700  # XMLPacket (Adobe XMP specification part 3: TIFF tag 700, type BYTE)
-_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+
 _END = object()
 _ABORT = object()
 
 
-def _xmp_packet(record: Mapping[str, Any]) -> bytes:
-    """An XMP packet whose ``zoomldm:provenance`` property holds ``record`` as JSON (XML-escaped)."""
-    from xml.etree import ElementTree as ET
-
-    ET.register_namespace("x", "adobe:ns:meta/")
-    ET.register_namespace("rdf", _RDF)
-    ET.register_namespace("zoomldm", PROVENANCE_NAMESPACE)
-    meta = ET.Element("{adobe:ns:meta/}xmpmeta")
-    rdf = ET.SubElement(meta, f"{{{_RDF}}}RDF")
-    description = ET.SubElement(rdf, f"{{{_RDF}}}Description", {f"{{{_RDF}}}about": ""})
-    prop = ET.SubElement(description, f"{{{PROVENANCE_NAMESPACE}}}provenance")
-    prop.text = json.dumps(record, sort_keys=True, default=str)
-    body = ET.tostring(meta, encoding="unicode")
-    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>{body}<?xpacket end="r"?>'.encode()
-
-
-def _xmp_record(packet: bytes | str) -> dict[str, Any] | None:
-    """The provenance record in an XMP packet written by :func:`_xmp_packet`, or None if there is none."""
-    from xml.etree import ElementTree as ET
-
-    text = packet.decode("utf-8", "replace") if isinstance(packet, bytes) else packet
-    try:
-        node = ET.fromstring(text.strip("\x00 \n\r\t\ufeff")).find(f".//{{{PROVENANCE_NAMESPACE}}}provenance")
-        record = json.loads(node.text) if node is not None and node.text else None
-    except (ET.ParseError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The provenance record of a TIFF written by :class:`PyramidalTiffWriter`, or None if it has none.
-
-    Reads the XMP packet of the first IFD; then, for OME-TIFF, the ``MapAnnotation`` of namespace
-    :data:`PROVENANCE_NAMESPACE`; then the previous layout (JSON in the first ImageDescription, or in the
-    OME Image ``Description``). A missing file or one that is not a TIFF is an :class:`InputError`.
-    """
-    import tifffile
-
-    from ..tensorfiles import check_input_file
-
-    path = check_input_file(path, "TIFF", InputError)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            xmp = page.tags.valueof(XMP_TAG)
-            description = page.description
-            ome = tif.ome_metadata if tif.is_ome else None
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as err:
-        reason = "it holds no image" if isinstance(err, IndexError) else str(err).splitlines()[0]
-        raise InputError(f"{path}: not a readable TIFF ({reason}); pass a .tif written by zoomldm") from err
-    if xmp:
-        record = _xmp_record(xmp)
-        if record is not None:
-            return record
-    if ome:
-        return _ome_record(ome)
-    try:  # previous layout of the generic TIFF: the record as JSON in ImageDescription
-        record = json.loads(description) if description.lstrip().startswith("{") else None
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _ome_record(omexml: str) -> dict[str, Any] | None:
-    """Provenance from OME-XML: our MapAnnotation, else (previous layout) JSON in the Image Description."""
-    from xml.etree import ElementTree as ET
-
-    try:
-        root = ET.fromstring(omexml)
-    except ET.ParseError:
-        return None
-    for annotation in root.iter():
-        if annotation.tag.endswith("}MapAnnotation") and annotation.get("Namespace") == PROVENANCE_NAMESPACE:
-            record: dict[str, Any] = {}
-            for entry in annotation.iter():
-                if entry.tag.endswith("}M") and entry.get("K") is not None:
-                    text = entry.text or ""
-                    try:  # every value is written as JSON; text from other tools is kept as a string
-                        record[entry.get("K", "")] = json.loads(text)
-                    except ValueError:
-                        record[entry.get("K", "")] = text
-            return record
-    for node in root.iter():
-        if node.tag.endswith("}Description") and node.text and node.text.lstrip().startswith("{"):
-            try:
-                record = json.loads(node.text)
-            except ValueError:
-                continue
-            return record if isinstance(record, dict) else None
-    return None
-
-
-def level_shapes(
-    height: int, width: int, tile_size: int = 256, levels: int | None = None
-) -> list[tuple[int, int]]:
-    """Sizes of the pyramid levels: each level halves the previous one (rounding up, so no edge pixel is
-    lost); by default levels are added until the image fits in one tile."""
-    shapes = [(height, width)]
-    while (levels is None and max(shapes[-1]) > tile_size) or (levels is not None and len(shapes) < levels):
-        h, w = shapes[-1]
-        if h == 1 and w == 1:
-            break
-        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
-    return shapes
-
-
-def _padded_pixels(height: int, width: int, tile_size: int) -> int:
-    """Pixels stored for a pyramid: every level's tiles, edge tiles padded to whole tiles."""
-    return sum(
-        math.ceil(h / tile_size) * math.ceil(w / tile_size) * tile_size**2
-        for h, w in level_shapes(height, width, tile_size)
-    )
-
-
-def tiff_size_bound(height: int, width: int, tile_size: int = TIFF_TILE) -> int:
-    """An upper bound of the pyramidal TIFF's size in any compression: every level's padded tiles
-    uncompressed (3 B/px; JPEG and zlib tiles are not larger in practice) plus 1 % for tags and offsets."""
-    return int(_padded_pixels(height, width, tile_size) * 3 * 1.01) + 2**16
-
-
-def estimated_tiff_bytes(
-    height: int, width: int, compression: str = "jpeg", tile_size: int = TIFF_TILE
-) -> int:
-    """Typical size of the pyramidal TIFF (for disk planning): :data:`TIFF_BYTES_PER_PIXEL` × the padded
-    pixels of all levels (≈ 4/3 of the full resolution) + 1 % for tags and offsets."""
-    if compression not in COMPRESSIONS:
-        raise ZoomLDMError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-    per_pixel = TIFF_BYTES_PER_PIXEL[compression]
-    return int(_padded_pixels(height, width, tile_size) * per_pixel * 1.01) + 2**16
-
-
-def needs_bigtiff(height: int, width: int, tile_size: int = TIFF_TILE) -> bool:
-    """Whether the pyramid must be a BigTIFF: when it *could* pass the classic TIFF's 4 GiB
-    (:func:`tiff_size_bound`). The bound, not a typical size, decides, because a classic file that grows past
-    4 GiB cannot be finished (tifffile stops at the first offset that does not fit) and that would lose a long
-    run at its last step; BigTIFF opens in OpenSlide, tifffile, Bio-Formats and QuPath alike."""
-    return tiff_size_bound(height, width, tile_size) >= CLASSIC_TIFF_LIMIT
-
-
-def _band_tiles(band: np.ndarray, tile_size: int) -> Iterator[np.ndarray]:
-    """The tiles of one band of rows, left to right; edge tiles are padded by repeating the edge pixels
-    (zero padding would put a black border inside JPEG blocks and bleed into the visible edge)."""
-    for x in range(0, band.shape[1], tile_size):
-        tile = band[:, x : x + tile_size]
-        if tile.shape[0] != tile_size or tile.shape[1] != tile_size:
-            pad = ((0, tile_size - tile.shape[0]), (0, tile_size - tile.shape[1]), (0, 0))
-            tile = np.pad(tile, pad, mode="edge")
-        yield np.ascontiguousarray(tile)
-
-
-def _halve(rows: np.ndarray) -> np.ndarray:
-    """2×2 box average of an even number of rows (odd width: the last column is averaged with itself)."""
-    if rows.shape[1] % 2:
-        rows = np.concatenate([rows, rows[:, -1:]], axis=1)
-    n, w = rows.shape[0] // 2, rows.shape[1] // 2
-    blocks = rows.reshape(n, 2, w, 2, rows.shape[2]).astype(np.uint16)
-    return ((blocks.sum(axis=(1, 3)) + 2) // 4).astype(np.uint8)
-
-
-class _Spool:
-    """One reduced level's rows in a raw file beside the output: appended as they are reduced, read back one
-    band at a time. Plain file I/O, not a memory map: written pages stay in the kernel's page cache and
-    never count in this process's resident memory (a memory map's pages do, so a mapped spool grew the
-    resident set with the image: 312 MiB more for a 16384² image, against O(width) now)."""
-
-    def __init__(self, tmp_path: Path, height: int, width: int) -> None:
-        # a scratch file in the writer's temporary folder, removed with it (not a result file)
-        self.path, self.shape = tmp_path, (height, width, 3)
-        self.row_bytes = width * 3
-        self.file = open(tmp_path, "w+b")  # noqa: SIM115 (closed by close(), called by the writer's cleanup)
-        self.rows = 0
-
-    def append(self, rows: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(rows, dtype=np.uint8).data)
-        self.rows += rows.shape[0]
-
-    def read(self, y: int, n: int) -> np.ndarray:
-        n = min(n, self.shape[0] - y)
-        out = np.empty((n, *self.shape[1:]), np.uint8)
-        self.file.flush()
-        self.file.seek(y * self.row_bytes)
-        if self.file.readinto(memoryview(out).cast("B")) != out.nbytes:
-            raise ZoomLDMError(f"{self.path}: the level spool is shorter than written (was it removed?)")
-        self.file.seek(0, os.SEEK_END)
-        return out
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _Reducer:
-    """Builds one reduced level from the rows of the level above, as they arrive, into a spool file."""
-
-    def __init__(self, store: _Spool) -> None:
-        self.store = store
-        self.pending: np.ndarray | None = None  # an odd row left over from the previous chunk
-
-    def push(self, rows: np.ndarray) -> np.ndarray:
-        """Add rows of the level above; return the reduced rows completed by them (also stored)."""
-        if self.pending is not None:
-            rows = np.concatenate([self.pending, rows])
-            self.pending = None
-        if rows.shape[0] % 2:
-            self.pending, rows = rows[-1:].copy(), rows[:-1]
-        return self._store(_halve(rows)) if rows.shape[0] else self._empty()
-
-    def finish(self) -> np.ndarray:
-        """After the last row: an odd row left over is averaged with itself (the height rounds up)."""
-        if self.pending is None:
-            return self._empty()
-        last, self.pending = np.concatenate([self.pending, self.pending]), None
-        return self._store(_halve(last))
-
-    def _empty(self) -> np.ndarray:
-        return np.zeros((0, *self.store.shape[1:]), np.uint8)
-
-    def _store(self, reduced: np.ndarray) -> np.ndarray:
-        self.store.append(reduced)
-        return reduced
-
-
-class PyramidalTiffWriter:
+class PyramidalTiffWriter(TiffPageLayout):
     """Write a pyramidal tiled TIFF from rows that arrive in order, with memory bounded by one tile band.
 
     Use as a context manager (an exception inside the block removes the partial output)::
@@ -525,83 +325,6 @@ class PyramidalTiffWriter:
                 raise ZoomLDMError("TIFF writing was stopped")
         except BaseException as err:  # handed to the main thread by _put/close
             self._error = err
-
-    def _tile_count(self, level: int) -> int:
-        height, width = self.shapes[level]
-        return math.ceil(height / self.tile_size) * math.ceil(width / self.tile_size)
-
-    def _ome_xml(self) -> bytes:
-        """OME-XML (2016-06 schema) for the single RGB image, with the provenance as a MapAnnotation."""
-        import tifffile
-
-        version = self.record["zoomldm_version"]
-        omexml = tifffile.OmeXml(Creator=f"zoomldm {version}")
-        image: dict[str, Any] = {
-            "Name": self.path.name.split(".")[0],
-            "Description": f"Generated by zoomldm {version}; provenance in the MapAnnotation {PROVENANCE_NAMESPACE}",
-            # values as JSON so that they read back exactly (a string "5" stays a string)
-            "MapAnnotation": {
-                "Namespace": PROVENANCE_NAMESPACE,
-                "Value": {key: json.dumps(value, default=str) for key, value in sorted(self.record.items())},
-            },
-        }
-        if self.mpp is not None:
-            image.update(PhysicalSizeX=self.mpp, PhysicalSizeXUnit="µm")
-            image.update(PhysicalSizeY=self.mpp, PhysicalSizeYUnit="µm")
-        height, width = self.shapes[0]
-        omexml.addimage(np.uint8, (height, width, 3), (1, 1, 1, height, width, 3), axes="YXS", **image)
-        return omexml.tostring(declaration=True).encode()  # OME-XML is UTF-8 ("µm")
-
-    def _write_page(self, level: int, tiles: Iterator[np.ndarray] | Iterator[bytes]) -> None:
-        height, width = self.shapes[level]
-        version = self.record["zoomldm_version"]
-        kwargs: dict[str, Any] = {
-            "shape": (height, width, 3),
-            "dtype": np.uint8,
-            "photometric": "rgb",
-            "tile": (self.tile_size, self.tile_size),
-            "compression": self.compression,
-            "software": f"zoomldm {version}",
-            "metadata": None,  # never tifffile's JSON "shaped" description (module docstring)
-            # tifffile's parallel encoder gathers `buffersize` bytes of tiles before encoding them (256 MiB
-            # by default); one band of tiles keeps memory bounded by the band
-            "buffersize": self.tile_size**2 * 3 * math.ceil(width / self.tile_size),
-        }
-        if self.compression == "jpeg":
-            kwargs["compressionargs"] = {"level": self.quality}
-        elif self.compression == "zlib":
-            kwargs["predictor"] = True
-        if self.mpp is not None:
-            # pixels per centimetre at this level (each level's pixels cover a larger physical size)
-            scale_y, scale_x = self.height / height, self.width / width
-            kwargs["resolution"] = (1e4 / (self.mpp * scale_x), 1e4 / (self.mpp * scale_y))
-            kwargs["resolutionunit"] = "CENTIMETER"
-        if level == 0:
-            xmp = _xmp_packet(self.record)
-            kwargs["extratags"] = [(XMP_TAG, 1, len(xmp), xmp, True)]
-            if self.ome:
-                kwargs["description"] = self._ome_xml()
-                if len(self.shapes) > 1:
-                    kwargs["subifds"] = len(self.shapes) - 1
-            else:
-                kwargs["description"] = f"zoomldm {version} pyramidal image; provenance: XMP (TIFF tag 700)"
-        else:
-            kwargs["subfiletype"] = 1  # reduced-resolution image
-        self._tif.write(tiles, **kwargs)
-
-    def _point_twins_at_subifds(self) -> None:
-        """Give each main-chain twin page the tile offsets and byte counts of its SubIFD (same tiles)."""
-        import tifffile
-
-        with tifffile.TiffFile(self._tmp, mode="r+b") as tif:
-            tif.pages.useframes = False
-            subifds = tifffile.TiffPages(tif.pages.first)
-            for level in range(1, len(self.shapes)):
-                twin, source = tif.pages[level], subifds[level - 1]
-                assert isinstance(twin, tifffile.TiffPage) and isinstance(source, tifffile.TiffPage)
-                for name in ("TileOffsets", "TileByteCounts"):
-                    tag = source.tags[name]
-                    twin.tags[name].overwrite(tag.value, dtype=tag.dtype)
 
     def _cleanup(self) -> None:
         for store in self._stores:

@@ -132,7 +132,9 @@ class FinalLayer(nn.Module):
         # on it trains the variance rows of this layer only, not the shared trunk (see CDMDiffusion)
         w_mean, w_var = self.linear.weight.chunk(2, dim=0)
         b_mean, b_var = self.linear.bias.chunk(2, dim=0)
-        return torch.cat([nn.functional.linear(h, w_mean, b_mean), nn.functional.linear(h.detach(), w_var, b_var)], -1)
+        return torch.cat(
+            [nn.functional.linear(h, w_mean, b_mean), nn.functional.linear(h.detach(), w_var, b_var)], -1
+        )
 
 
 class ConditioningDiT(ModelMixin, ConfigMixin):

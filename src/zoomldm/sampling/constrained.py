@@ -18,11 +18,12 @@ batched: ``tile_batch`` tiles go through the whole Newton loop together, their c
 unconditional rows in one UNet call; the two encoder passes of an iteration are one VQ call.
 
 Noise is keyed by tile index and step (:mod:`.noise`), and batches are blocks of the tile canvas
-(:func:`batch_rows`), not positions in the request. Both matter because the fixed-size ∞-normalised Newton
-step amplifies rounding: a batched convolution rounds a tile differently in another batch, and within a few
-iterations that is a visible difference (docs/large_images.md, "Reproducibility"). A request made of whole
-blocks (:func:`block_cover`; :func:`~.joint.render_large` extends every request so) therefore reproduces
-those tiles of the full generation bitwise, on the same device, dtype and ``tile_batch``.
+(:func:`~.blocks.batch_rows`), not positions in the request. Both matter because the fixed-size
+∞-normalised Newton step amplifies rounding: a batched convolution rounds a tile differently in another
+batch, and within a few iterations that is a visible difference (docs/large_images.md, "Reproducibility").
+A request made of whole blocks (:func:`~.blocks.block_cover`; :func:`~.joint.render_large` extends every
+request so) therefore reproduces those tiles of the full generation bitwise, on the same device, dtype and
+``tile_batch``.
 
 The tiles live on a :class:`~.canvas.TileCanvas` (zarr v3, one chunk per block) and only the blocks in flight
 are in memory (:func:`sample_canvas`): a run resumes from its last finished block, and the blocks of a step
@@ -32,20 +33,27 @@ are sharded over the processes of a multi-GPU launch (:mod:`.distributed`) witho
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
 from ..progress import make_progress, progress_enabled
 from ..scales import Magnification
+from .blocks import batch_rows, block_cover, block_shape, canvas_layout
 from .canvas import BlockLayout, TileCanvas
 from .distributed import all_reduce_sum, barrier, ensure_process_group, shard
+from .footprints import (
+    MIN_FOOTPRINT,
+    FixedGuide,
+    SampledGuide,
+    _fixed_footprints,
+    _geometry,
+    scale_ratio,
+    split_footprints,
+)
 from .levels import require_level
 from .memory import auto_tile_batch
 from .metrics import ConstraintAccumulator, to_levels
@@ -70,28 +78,6 @@ __all__ = [
     "scale_ratio",
 ]
 
-#: footprint of a target tile in the guide must stay at least this many pixels (k ≤ 16 for 256² patches,
-#: the authors' range; larger ratios are reached by cascading scale pairs)
-MIN_FOOTPRINT = 16
-
-
-@dataclass
-class SampledGuide:
-    """A guide patch denoised alongside the tiles from ``noise`` [1,C,h,w] with ``context`` [1,65,D]."""
-
-    context: torch.Tensor
-    noise: torch.Tensor
-
-
-@dataclass
-class FixedGuide:
-    """A fixed guide image at the guide magnification (super-resolution: the real low-resolution image;
-    cascades: a decoded coarser stage): a ``[3, H, W]`` tensor in [-1, 1], or a uint8 ``[H, W, 3]`` array
-    (numpy, or zarr: a cascade stage's output on disk) read per block footprint. ``H, W`` are multiples of
-    the tile footprint."""
-
-    image: Any
-
 
 @dataclass
 class ConstrainedResult:
@@ -108,121 +94,11 @@ class ConstrainedResult:
     final_buffer: int = 0
 
 
-def scale_ratio(pipe, guide: Magnification, target: Magnification) -> int:
-    """``k`` = base pixels of a guide pixel / of a target pixel, validated for joint sampling."""
-    if guide.domain != target.domain:
-        raise ConfigError(f"guide {guide} and target {target} are levels of different domains")
-    if guide.index <= target.index:
-        raise ConfigError(
-            f"the guide / input magnification ({guide}) must be coarser than the output's ({target}); "
-            f"levels: {', '.join(pipe.scales.names)}"
-        )
-    k = guide.downsample // target.downsample
-    size = pipe.config.image_size
-    if size % k or size // k < MIN_FOOTPRINT:
-        largest = pipe.scales[min(target.index + _log2(size // MIN_FOOTPRINT), len(pipe.scales) - 1)]
-        raise ConfigError(
-            f"a {guide} guide for {target} tiles is a ratio of {k}: each tile would cover "
-            f"{size / k:g} guide pixels (at least {MIN_FOOTPRINT} needed); the coarsest guide for {target} "
-            f"is {largest} (generate_large_image cascades two scale pairs for larger images)"
-        )
-    return k
-
-
-def _log2(n: int) -> int:
-    return max(n.bit_length() - 1, 0)
-
-
-def block_shape(tile_batch: int) -> tuple[int, int]:
-    """Rows × columns of the canvas blocks that form the tile batches: as square as ``tile_batch`` allows
-    (16 → 4×4, 64 → 8×8, 8 → 2×4, 1 → 1×1), so that a viewport touches few blocks."""
-    rows = max(1, math.isqrt(int(tile_batch)))
-    return rows, max(1, int(tile_batch) // rows)
-
-
-def batch_rows(ids: Sequence[int], tiles_per_row: int, tile_batch: int) -> list[list[int]]:
-    """The batches of a request: positions in ``ids`` grouped by the canvas block of their tile (row-major
-    blocks of :func:`block_shape`; within a block, by tile id).
-
-    Why blocks and not consecutive positions: a batch's rounding depends on which tiles share it, and the
-    Newton loop amplifies rounding (module docstring). With batches fixed by the canvas, a request that
-    contains whole blocks (:func:`block_cover`) batches every tile as the full image does, so its tiles are
-    bitwise those of the full image."""
-    bh, bw = block_shape(tile_batch)
-    blocks: dict[tuple[int, int], list[int]] = {}
-    for pos, tid in sorted(enumerate(ids), key=lambda item: item[1]):
-        r, c = divmod(int(tid), tiles_per_row)
-        blocks.setdefault((r // bh, c // bw), []).append(pos)
-    return [blocks[key] for key in sorted(blocks)]
-
-
-def block_cover(ids: Sequence[int], tiles_per_row: int, tiles_per_col: int, tile_batch: int) -> list[int]:
-    """All tile ids of the canvas blocks that ``ids`` touch, sorted (a superset of ``ids``)."""
-    bh, bw = block_shape(tile_batch)
-    cover: set[int] = set()
-    for tid in ids:
-        r, c = divmod(int(tid), tiles_per_row)
-        r0, c0 = r // bh * bh, c // bw * bw
-        for rr in range(r0, min(r0 + bh, tiles_per_col)):
-            cover.update(range(rr * tiles_per_row + c0, rr * tiles_per_row + min(c0 + bw, tiles_per_row)))
-    return sorted(cover)
-
-
 def resolve_tile_batch(pipe, config: JointSamplingConfig, n_tiles: int) -> int:
     """``config.tile_batch``, with ``"auto"`` measured for ``n_tiles`` tiles (:mod:`.memory`)."""
     if config.tile_batch != "auto":
         return int(config.tile_batch)
     return auto_tile_batch(pipe, n_tiles)
-
-
-def split_footprints(
-    image: torch.Tensor, footprint: int, tile_ids: Sequence[int], tiles_per_row: int
-) -> torch.Tensor:
-    """The ``[n,3,f,f]`` footprints of tiles ``tile_ids`` (row-major) in a guide image ``[3,H,W]``."""
-    out = []
-    for tid in tile_ids:
-        r, c = divmod(int(tid), tiles_per_row)
-        out.append(image[:, r * footprint : (r + 1) * footprint, c * footprint : (c + 1) * footprint])
-    return torch.stack(out)
-
-
-def _geometry(pipe, guide: SampledGuide | FixedGuide, footprint: int, k: int) -> tuple[int, int]:
-    """Tiles per row and per column of the canvas under ``guide`` (validating a fixed guide's shape)."""
-    if isinstance(guide, SampledGuide):
-        return k, k
-    shape = tuple(guide.image.shape)
-    if isinstance(guide.image, torch.Tensor) and len(shape) == 3 and shape[0] == 3:
-        height, width = shape[1], shape[2]
-    elif len(shape) == 3 and shape[2] == 3 and np.dtype(guide.image.dtype) == np.uint8:
-        height, width = shape[0], shape[1]
-    else:
-        raise InputError(
-            f"a fixed guide must be a [3, H, W] tensor in [-1, 1] or a uint8 [H, W, 3] array; got {shape}"
-        )
-    if height % footprint or width % footprint:
-        raise InputError(
-            f"a fixed guide must be [3, H, W] with H, W multiples of the tile footprint {footprint}; "
-            f"got {shape}"
-        )
-    return width // footprint, height // footprint
-
-
-def _fixed_footprints(
-    image, footprint: int, tile_ids: Sequence[int], tiles_per_row: int, device
-) -> torch.Tensor:
-    """Footprints ``[n, 3, f, f]`` in [-1, 1] of a fixed guide, read only over the tiles' bounding box
-    (a uint8 ``[H, W, 3]`` array — numpy or zarr — is converted there, as ``x / 127.5 − 1``)."""
-    if isinstance(image, torch.Tensor):
-        return split_footprints(image, footprint, tile_ids, tiles_per_row).to(
-            device=device, dtype=torch.float32
-        )
-    rc = [divmod(int(t), tiles_per_row) for t in tile_ids]
-    r0, r1 = min(r for r, _ in rc), max(r for r, _ in rc) + 1
-    c0, c1 = min(c for _, c in rc), max(c for _, c in rc) + 1
-    box = np.asarray(image[r0 * footprint : r1 * footprint, c0 * footprint : c1 * footprint])
-    box = torch.from_numpy(np.ascontiguousarray(box)).permute(2, 0, 1).float() / 127.5 - 1.0
-    shifted = [(r - r0) * (c1 - c0) + (c - c0) for r, c in rc]
-    return split_footprints(box.to(device), footprint, shifted, c1 - c0)
 
 
 def constrained_sample(
@@ -298,16 +174,6 @@ def constrained_sample(
         progress=progress,
         return_tiles=True,
     )
-
-
-def canvas_layout(pipe, guide_magnification, target_magnification, guide, tile_batch: int) -> BlockLayout:
-    """The :class:`~.canvas.BlockLayout` of the canvas under ``guide`` in blocks of ``tile_batch`` tiles."""
-    gmag = require_level(pipe, guide_magnification, "guide magnification")
-    tmag = require_level(pipe, target_magnification, "target magnification")
-    k = scale_ratio(pipe, gmag, tmag)
-    cols, rows = _geometry(pipe, guide, pipe.config.image_size // k, k)
-    bh, bw = block_shape(tile_batch)
-    return BlockLayout(rows, cols, bh, bw, pipe.unet.config.in_channels, pipe.config.latent_size)
 
 
 def sample_canvas(

@@ -29,46 +29,42 @@ guide held fixed — i.e. super-resolution of a generated guide.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
-from ..models.cdm import check_cdm_fits
+from ..errors import ConfigError
 from ..scales import Magnification
+from .blocks import block_cover, canvas_layout
 from .canvas import TileCanvas, pixel_array
-from .coarse import (
-    check_coarse_grid,
-    coarse_canvas_needed,
-    coarse_window_stride,
-    decode_coarse_canvas,
-    generate_coarse_canvas,
-)
+from .coarse import coarse_window_stride, decode_coarse_canvas, generate_coarse_canvas
 from .conditions import guide_context, tile_contexts
-from .constrained import (
-    MIN_FOOTPRINT,
-    ConstrainedResult,
-    FixedGuide,
-    JointSamplingConfig,
-    SampledGuide,
-    block_cover,
-    canvas_layout,
-    resolve_tile_batch,
-    sample_canvas,
-    scale_ratio,
-)
+from .constrained import ConstrainedResult, JointSamplingConfig, resolve_tile_batch, sample_canvas
 from .decode import DecodeConfig
 from .distributed import barrier, ensure_process_group, rank_world
-from .inversion import InversionConfig, invert_conditions
-from .levels import parse_level, require_level
-from .noise import generator_for, keyed_normal
+from .footprints import FixedGuide, SampledGuide
+from .guide_sources import (
+    _cdm_guide,
+    check_reference,
+    check_reference_grid,  # noqa: F401 - re-exported: its old home
+)
+from .inversion import InversionConfig
+from .noise import keyed_normal
 from .output import MAX_IN_MEMORY_PIXELS, RunState, check_output_path, to_uint8_image, write_canvas
 from .postprocess import PostprocessConfig, postprocess_canvas
+from .results import LargeImageResult, _finite, _grid_digest, _result_metrics, base_settings, finish_outputs
+from .stages import (
+    CoarseRequest,
+    LargeImagePlan,
+    _plan_pair,  # noqa: F401 - re-exported: its old home (superres, plan)
+    _resolve_target,
+    coarse_request,
+    plan_large_image,
+    plan_stages,
+)
 
 __all__ = [
     "JointSamplingConfig",
@@ -81,252 +77,6 @@ __all__ = [
     "coarse_request",
     "render_large",
 ]
-
-
-@dataclass
-class LargeImageResult:
-    """Output of :func:`generate_large_image` / :func:`~zoomldm.sampling.superres.super_resolve`.
-
-    Attributes:
-        image: uint8 ``[H, W, 3]`` (None for outputs too large to keep in memory; see ``path``).
-        path: the written PNG / pyramidal TIFF (None when no ``out`` was given).
-        guide_image: uint8 guide (joint sampling) or low-resolution input (super-resolution).
-        latent: final latent canvas ``[C, H/f, W/f]`` (CPU); None above ``MAX_IN_MEMORY_PIXELS`` (the
-            canvas then lives only in the run's state folder until the output is complete).
-        metrics: ``tiles`` (each tile's own decode before post-processing) and ``output`` (the final image)
-            as ``{"psnr", "mae"}`` against the guide after downsampling; UNet rows and VQ passes; seconds.
-        settings: every setting, the seed and the model provenance (also stored in the file).
-        pixels: the image as a uint8 zarr array in the run's state (cascade stages only), else None.
-    """
-
-    image: np.ndarray | None
-    path: Path | None
-    guide_image: np.ndarray
-    latent: torch.Tensor | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    pixels: Any = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class LargeImagePlan:
-    """Validated geometry: the scale pair, the tile canvas under the guide and the requested region."""
-
-    guide: Magnification
-    target: Magnification
-    k: int
-    tile_px: int
-    canvas_rows: int  # tiles under the whole guide
-    canvas_cols: int
-    row0: int = 0  # requested region, in tiles
-    col0: int = 0
-    rows: int = 0
-    cols: int = 0
-
-    @property
-    def tile_ids(self) -> list[int]:
-        return [
-            (self.row0 + r) * self.canvas_cols + self.col0 + c
-            for r in range(self.rows)
-            for c in range(self.cols)
-        ]
-
-    @property
-    def height(self) -> int:
-        return self.rows * self.tile_px
-
-    @property
-    def width(self) -> int:
-        return self.cols * self.tile_px
-
-    def grid_crop(self, base_grid: torch.Tensor) -> torch.Tensor:
-        """The part of a canvas-wide base grid under the region."""
-        g = self.target.grid_size
-        return base_grid[
-            :, self.row0 * g : (self.row0 + self.rows) * g, self.col0 * g : (self.col0 + self.cols) * g
-        ]
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "guide": self.guide.name,
-            "target": self.target.name,
-            "k": self.k,
-            "size": [self.canvas_rows * self.tile_px, self.canvas_cols * self.tile_px],
-            "region_px": [self.col0 * self.tile_px, self.row0 * self.tile_px, self.width, self.height],
-        }
-
-
-def _resolve_target(pipe, target) -> Magnification:
-    return parse_level(pipe, target, "target magnification") if target is not None else pipe.scales[0]
-
-
-def _resolve_levels(pipe, guide, target, size) -> tuple[Magnification, Magnification]:
-    """The edge: parse the requested levels once (:mod:`.levels`) and choose the guide for ``size``."""
-    tmag = _resolve_target(pipe, target)
-    gmag = parse_level(pipe, guide, "guide magnification") if guide is not None else None
-    return _choose_guide(pipe, gmag, tmag, size), tmag
-
-
-def _choose_guide(pipe, gmag: Magnification | None, tmag: Magnification, size: int | None) -> Magnification:
-    tile = pipe.config.image_size
-    if size is not None and (size < tile or size % tile):
-        raise ConfigError(f"size must be a positive multiple of the {tile}-px tile; got {size}")
-    if gmag is not None:
-        return gmag
-    if size is None:
-        raise ConfigError("give the guide magnification (e.g. 1.25x) or the output size")
-    k = size // tile
-    if k & (k - 1) or k < 2:
-        raise ConfigError(
-            f"size {size} is not a power-of-two number of {tile}-px tiles (2, 4, 8, 16, … × {tile})"
-        )
-    found = next((m for m in pipe.scales if m.downsample == tmag.downsample * k), None)
-    if found is None:
-        raise ConfigError(
-            f"a {size}² image at {tmag} needs a guide {k}× coarser, which this model "
-            f"({', '.join(pipe.scales.names)}) does not have"
-        )
-    return found
-
-
-def plan_large_image(
-    pipe,
-    guide: str | int | Magnification | None = None,
-    target: str | int | Magnification | None = None,
-    size: int | None = None,
-    region: tuple[int, int, int, int] | None = None,
-    guide_shape: tuple[int, int] | None = None,
-) -> LargeImagePlan:
-    """Check one scale pair and work out its geometry (no model work). ``size`` is the side of the full
-    output in target pixels (``k × tile``); with ``guide`` omitted it chooses the guide. ``region =
-    (x, y, w, h)`` in target pixels, multiples of the tile size, selects a viewport. ``guide_shape`` is the
-    pixel size of a fixed guide image (super-resolution input, cascade stage) instead of one patch."""
-    gmag, tmag = _resolve_levels(pipe, guide, target, size)
-    return _plan_pair(pipe, gmag, tmag, size, region, guide_shape)
-
-
-def _plan_pair(
-    pipe,
-    gmag: Magnification,
-    tmag: Magnification,
-    size: int | None = None,
-    region: tuple[int, int, int, int] | None = None,
-    guide_shape: tuple[int, int] | None = None,
-) -> LargeImagePlan:
-    tile = pipe.config.image_size
-    k = scale_ratio(pipe, gmag, tmag)
-    if guide_shape is None:
-        rows = cols = k
-        if size is not None and size != k * tile:
-            raise ConfigError(
-                f"a {gmag} guide with {tmag} tiles gives a {k * tile}² image (k = {k}); --size {size} does not "
-                f"match (omit --size, or choose the guide for it)"
-            )
-    else:
-        foot = tile // k
-        if guide_shape[0] % foot or guide_shape[1] % foot:
-            raise InputError(f"the guide image {guide_shape} is not made of whole {foot}-px tile footprints")
-        rows, cols = guide_shape[0] // foot, guide_shape[1] // foot
-    if region is None:
-        return LargeImagePlan(gmag, tmag, k, tile, rows, cols, 0, 0, rows, cols)
-    x, y, w, h = (int(v) for v in region)
-    if any(v % tile for v in (x, y, w, h)) or w < tile or h < tile:
-        raise ConfigError(f"region (x, y, w, h) = {region} must be in whole {tile}-px tiles")
-    if x < 0 or y < 0 or x + w > cols * tile or y + h > rows * tile:
-        raise ConfigError(f"region {region} leaves the {cols * tile}×{rows * tile} image")
-    return LargeImagePlan(gmag, tmag, k, tile, rows, cols, y // tile, x // tile, h // tile, w // tile)
-
-
-@dataclass(frozen=True)
-class CoarseRequest:
-    """A request past one guide patch: the coarse canvas (``rows × cols`` patches at ``level``) and the
-    cascade stages (:class:`LargeImagePlan`) it guides, the first one with a fixed guide of
-    ``(rows·tile, cols·tile)`` pixels."""
-
-    level: Magnification
-    rows: int
-    cols: int
-    stages: list
-
-
-def coarse_request(pipe, target: Magnification, size: int | None, region=None) -> CoarseRequest | None:
-    """The geometry of ``generate --size`` past the coarsest level's one patch (None when one patch covers
-    ``size``): the coarse canvas at the model's coarsest level, then the cascade of :func:`plan_stages`
-    (one scale pair, or two through the coarsest level the target allows) with a fixed first guide."""
-    if size is None:
-        return None
-    tmag = require_level(pipe, target, "target magnification")
-    coarsest = pipe.scales[len(pipe.scales) - 1]
-    if coarsest.index <= tmag.index:
-        return None
-    found = coarse_canvas_needed(pipe, coarsest, tmag, size)
-    if found is None:
-        return None
-    rows, cols = found
-    tile = pipe.config.image_size
-    shape = (rows * tile, cols * tile)
-    k_max = 1 << max((tile // MIN_FOOTPRINT).bit_length() - 1, 0)
-    if coarsest.downsample // tmag.downsample <= k_max:
-        stages = [_plan_pair(pipe, coarsest, tmag, region=region, guide_shape=shape)]
-    else:
-        mid = pipe.scales[tmag.index + k_max.bit_length() - 1]
-        first = _plan_pair(pipe, coarsest, mid, guide_shape=shape)
-        stages = [first, _plan_pair(pipe, mid, tmag, region=region, guide_shape=(first.height, first.width))]
-    return CoarseRequest(coarsest, rows, cols, stages)
-
-
-def plan_stages(
-    pipe,
-    guide: str | int | Magnification | None = None,
-    target: str | int | Magnification | None = None,
-    size: int | None = None,
-    region: tuple[int, int, int, int] | None = None,
-) -> list[LargeImagePlan]:
-    """One scale pair when its ratio is allowed (k ≤ 16 for 256² patches), else a cascade of two pairs:
-    guide → intermediate level (the coarsest one the target allows, 1.25x for 20x) → target, e.g.
-    0.15625x → 1.25x → 20x for a 32768² image. The first stage is always generated whole; ``region``
-    selects the tiles of the last one. A ``size`` past what one guide patch at the coarsest level covers
-    (e.g. 131072² at 20x) gives the stages after a coarse canvas (:mod:`.coarse`): their first guide is
-    that canvas, a fixed image."""
-    tile = pipe.config.image_size
-    if guide is None and size is not None:  # past one guide patch: the stages after a coarse canvas
-        request = coarse_request(pipe, _resolve_target(pipe, target), size, region)
-        if request is not None:
-            return request.stages
-    gmag, tmag = _resolve_levels(pipe, guide, target, size)
-    k_max = 1 << max((tile // MIN_FOOTPRINT).bit_length() - 1, 0)
-    if gmag.index <= tmag.index or gmag.downsample // tmag.downsample <= k_max:
-        return [_plan_pair(pipe, gmag, tmag, size, region)]
-    k_total = gmag.downsample // tmag.downsample
-    if size is not None and size != k_total * tile:
-        raise ConfigError(
-            f"a {gmag} guide with {tmag} tiles gives a {k_total * tile}² image; --size {size} does not match"
-        )
-    mid = pipe.scales[tmag.index + k_max.bit_length() - 1]
-    first = _plan_pair(pipe, gmag, mid)
-    second = _plan_pair(pipe, mid, tmag, region=region, guide_shape=(first.height, first.width))
-    return [first, second]
-
-
-def check_reference_grid(pipe, grid: torch.Tensor, plan: LargeImagePlan) -> torch.Tensor:
-    """The reference must be the unpooled base grid of exactly the guide's field of view."""
-    if not isinstance(grid, torch.Tensor) or grid.dim() != 3:
-        raise InputError(f"the reference must be an SSL grid [C, h, w]; got {getattr(grid, 'shape', grid)}")
-    channels = pipe.config.ssl_channels
-    if grid.shape[0] != channels:
-        raise InputError(f"the reference grid has {grid.shape[0]} channels; this model expects {channels}")
-    side = plan.guide.grid_size
-    if tuple(grid.shape[1:]) != (side, side):
-        h, w = grid.shape[1:]
-        hint = ""
-        fits = next((m for m in pipe.scales if m.grid_size == h == w), None)
-        if fits is not None and fits.index > plan.target.index:
-            hint = f" (a {h}×{w} grid is the field of view of a {fits} guide)"
-        raise InputError(
-            f"a {plan.guide} guide covers {side}×{side} base tiles ({side * plan.tile_px}² px at "
-            f"{pipe.scales[0]}); the reference grid is {h}×{w}{hint}"
-        )
-    return grid.float().cpu()
 
 
 def default_decode_config(pipe) -> DecodeConfig:
@@ -477,77 +227,6 @@ def render_large(
     return LargeImageResult(image, out, np.asarray(guide_u8[:]), latent, metrics, settings, pixels)
 
 
-def _result_metrics(result: ConstrainedResult, computed: list[int], output: dict, seconds: dict) -> dict:
-    return {
-        "tiles": {key[6:]: v for key, v in result.metrics.items() if key.startswith("tiles_")},
-        "output": output,
-        "computed_tiles": len(computed),  # the request's tiles + the rest of their canvas blocks
-        "blocks": result.metrics.get("blocks"),
-        "block_seconds": result.metrics.get("block_seconds"),
-        "guide_seconds": result.metrics.get("guide_seconds"),
-        "unet_forwards": result.metrics["unet_forwards"],
-        "vq_passes": result.metrics["vq_passes"],
-        "seconds": seconds,
-    }
-
-
-def _finite(d: dict) -> dict:
-    return {k: (v if not isinstance(v, float) or np.isfinite(v) else str(v)) for k, v in d.items()}
-
-
-def finish_outputs(
-    result: LargeImageResult, state: RunState, extra_images: dict[str, np.ndarray] | None = None
-):
-    """Write ``<stem>_guide.png`` (the guide / low-resolution input), any ``<stem>_<name>.png`` of
-    ``extra_images`` and ``<stem>.json`` (metrics + settings) beside the output; drop the resume state.
-
-    ``result.settings`` and ``result.metrics`` become their JSON form (lists, strings for paths), so that
-    they equal the record in ``<stem>.json`` whether or not a file is written."""
-    result.settings = json.loads(json.dumps(result.settings, default=str))
-    result.metrics = json.loads(json.dumps(result.metrics, default=str))
-    result.pixels = None  # it lived in the state folder, removed now
-    if rank_world()[0] != 0:  # rank 0 writes the files and removes the state
-        return result
-    if result.path is not None:
-        _write_sidecars(result.path, result.guide_image, result.metrics, result.settings, extra_images or {})
-    state.clear()
-    return result
-
-
-def _write_sidecars(out: Path, guide: np.ndarray, metrics: dict, settings: dict, extra: dict) -> None:
-    from ..io import save_png
-
-    stem = out.name.split(".")[0]
-    save_png(out.with_name(f"{stem}_guide.png"), guide, {"role": "guide", **_flat(settings)})
-    for name, image in extra.items():
-        save_png(out.with_name(f"{stem}_{name}.png"), image, {"role": name, **_flat(settings)})
-    record = {"output": out.name, "metrics": metrics, "settings": settings}
-    tmp = out.with_name(f".{stem}.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(out.with_name(f"{stem}.json"))
-
-
-def _flat(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if len(k) < 80}
-
-
-def base_settings(pipe, plan: LargeImagePlan, seed: int, **parts: Any) -> dict[str, Any]:
-    """The provenance record: request, every config, seed, model."""
-    record: dict[str, Any] = {"method": "zoomldm joint multi-scale sampling", **plan.describe(), "seed": seed}
-    for name, value in parts.items():
-        record[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    record["model"] = {k: str(v) for k, v in pipe.provenance.items()}
-    if getattr(pipe, "inference_settings", None):  # pipe.optimize(): another rounding, so part of the record
-        record["inference_settings"] = dict(pipe.inference_settings)
-    return record
-
-
-def _grid_digest(grid: torch.Tensor) -> str:
-    import hashlib
-
-    return hashlib.sha256(grid.float().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 def generate_large_image(
     pipe,
     reference: torch.Tensor | None = None,
@@ -612,29 +291,7 @@ def generate_large_image(
     stages = coarse_req.stages if coarse_req is not None else plan_stages(pipe, guide, target, size, region)
     plan = stages[-1]
     out = check_output_path(out, plan.height, plan.width, compression)
-    if coarse_req is not None:
-        if reference is None:
-            span = coarse_req.level.downsample // plan.target.downsample * pipe.config.image_size
-            raise InputError(
-                f"sizes above {span} px need a reference region covering the whole image (its SSL grid, "
-                f"or an image embedded with --encoder): the coarse canvas of {coarse_req.rows}×"
-                f"{coarse_req.cols} {coarse_req.level} patches is conditioned on it"
-            )
-        if not isinstance(reference, torch.Tensor) or reference.dim() != 3:
-            raise InputError(
-                f"the reference must be an SSL grid [C, h, w]; got {getattr(reference, 'shape', reference)}"
-            )
-        check_coarse_grid(pipe, reference, coarse_req.level, coarse_req.rows, coarse_req.cols)
-        grid = reference.float().cpu()
-    elif reference is not None:
-        grid = check_reference_grid(pipe, reference, stages[0])
-    elif cdm is None:
-        raise InputError(
-            "large images need a reference region (its SSL grid, or an image embedded with --encoder); "
-            "reference-free generation needs a CDM checkpoint (--cdm)"
-        )
-    else:
-        check_cdm_fits(pipe, cdm)
+    grid = check_reference(pipe, reference, cdm, stages, coarse_req)  # None: reference-free (the CDM's)
     inversion = inversion or InversionConfig()
     decode = decode or default_decode_config(pipe)
     channels, P = pipe.unet.config.in_channels, pipe.config.latent_size
@@ -729,25 +386,3 @@ def generate_large_image(
     )
     result.metrics["stage1"] = coarse.metrics
     return finish_outputs(result, state, {"guide_top": coarse.guide_image})
-
-
-def _cdm_guide(
-    pipe, cdm, mag: Magnification, inversion: InversionConfig, steps: int, seed: int, progress: bool
-):
-    """Reference-free: CDM tokens → guide patch → inverted base grid. Returns (grid, guide image [3,S,S])."""
-    from ..models.cdm_diffusion import sample_cdm
-
-    tokens = sample_cdm(cdm, mag.index, 1, generator=generator_for(seed, "cdm"), progress=progress)
-    patch = pipe(
-        context=tokens.float().cpu(),
-        magnification=mag,
-        num_images=1,
-        num_inference_steps=steps,
-        guidance_scale=2.0,
-        scheduler="plms",
-        seed=seed,
-        progress=progress,
-    )
-    image = pipe.decode_latents(patch.latents)
-    inverted = invert_conditions(pipe, image, mag, config=inversion, seed=seed, progress=progress)
-    return inverted.grids[0], image[0].cpu()

@@ -126,7 +126,8 @@ def write_canvas(
     the decode reads it window by window. Host memory is then O(width) — the decode band (one window
     height of pixel rows), the metric sink's tile row and the TIFF writer's row of tiles, i.e.
     O(√pixels) for a square image — plus the returned image only when it is kept in memory."""
-    from ..io import PyramidalTiffWriter, save_png
+    from ..io.images import save_png
+    from ..io.tiff import PyramidalTiffWriter
 
     f = pipe.config.vae_factor
     height, width = canvas.shape[-2] * f, canvas.shape[-1] * f

@@ -14,47 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
+from ..io.images import read_image  # noqa: F401 (the readers of image inputs live with the formats)
+from ..models.ssl import build_ssl_encoder, default_encoder  # noqa: F401 (re-exported: the encoder rule)
 from ..scales import Magnification
 from ..tensorfiles import count_nonfinite
 
 #: file suffixes read as a precomputed SSL grid (``[C, h, w]``); any other file is read as an image
 GRID_SUFFIXES = {".npy", ".pt", ".pth", ".safetensors"}
-
-
-def _name(value: Any) -> str:
-    return Path(value).name if isinstance(value, str | Path) else "the image"
-
-
-def read_image(value: Any, resize: int | None = None, what: str = "image") -> np.ndarray:
-    """A path, PIL image or uint8 ``[H, W, 3]`` array → uint8 ``[H, W, 3]`` (optionally Lanczos-resampled to
-    ``resize``² pixels, as ``--resize``)."""
-    from PIL import Image
-
-    from .superres import load_lr_image
-
-    if isinstance(value, str | Path):
-        return load_lr_image(value, resize)  # the one reader of image files (missing/damaged: InputError)
-    if isinstance(value, Image.Image):
-        image = value.convert("RGB")
-    elif isinstance(value, np.ndarray):
-        if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3 or 0 in value.shape:
-            raise InputError(
-                f"{what}: expected a uint8 RGB array [H, W, 3]; got {value.dtype} {list(value.shape)} "
-                "(convert with np.asarray(PIL.Image.open(path).convert('RGB')))"
-            )
-        if resize is None:
-            return value
-        image = Image.fromarray(value)
-    else:
-        raise InputError(
-            f"{what}: expected a file path, a PIL image or a uint8 [H, W, 3] array; got {type(value).__name__}"
-        )
-    if resize is not None:
-        if resize < 1:
-            raise InputError(f"resize must be a positive size in pixels; got {resize}")
-        image = image.resize((resize, resize), Image.LANCZOS)
-    return np.asarray(image).copy()
 
 
 def check_grid(grid: Any, channels: int, what: str = "reference grid") -> torch.Tensor:
@@ -108,45 +75,11 @@ def reference_side(reference: torch.Tensor | np.ndarray, tile: int) -> int | Non
     return int(h) if h == w else None
 
 
-def default_encoder(checkpoint: Any) -> str:
-    """The SSL encoder a model's references are embedded with when none is named: the embedded offline
-    model's own encoder for that model (its Summarizer was trained on its 64-d grids), UNI otherwise.
-    ``checkpoint``: the checkpoint id/path, or a pipeline (its provenance names where it was loaded from)."""
-    from ..models.embedded import EMBEDDED, is_embedded
-
-    if hasattr(checkpoint, "provenance"):
-        checkpoint = checkpoint.provenance.get("checkpoint")
-    return EMBEDDED if is_embedded(checkpoint) else "uni"
-
-
-def build_ssl_encoder(encoder: Any, weights: str | Path | None, device: Any, channels: int):
-    """``encoder``: a name (``uni``, ``dinov2``, ``timm:<name>``, ``embedded``: the embedded offline model's
-    own; ``weights`` a local file or ``"random"``) or an encoder object with ``.dim`` and ``.embed``
-    (:class:`~zoomldm.data.encoders.SSLEncoder`)."""
-    from ..data.encoders import build_encoder
-    from ..models.embedded import EMBEDDED, embedded_encoder
-
-    if encoder == EMBEDDED and weights is None:
-        encoder = embedded_encoder(str(device))
-    elif isinstance(encoder, str):
-        if weights not in (None, "random") and not Path(weights).is_file():
-            raise InputError(f"{weights}: encoder weights not found (pass the local weights file)")
-        encoder = build_encoder(encoder, weights=weights, device=device)
-    elif not (hasattr(encoder, "dim") and hasattr(encoder, "embed")):
-        raise ConfigError(
-            f"encoder must be a name (uni, dinov2, timm:<name>) or an SSL encoder; got {type(encoder).__name__}"
-        )
-    if encoder.dim != channels:
-        name = getattr(encoder, "name", type(encoder).__name__)
-        raise ConfigError(f"encoder {name} gives {encoder.dim}-d embeddings, the model expects {channels}")
-    return encoder
-
-
 def embed_reference(
     pipe, image: np.ndarray, guide: Magnification, encoder: Any, weights: Any, what: str = "reference"
 ) -> torch.Tensor:
     """The unpooled SSL grid ``[C, n, n]`` of a region image at base resolution under a ``guide`` patch."""
-    from ..data.encoders import encode_region_grid
+    from ..models.encoders import encode_region_grid
 
     tile = pipe.config.image_size
     side = guide.grid_size * tile

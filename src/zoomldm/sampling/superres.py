@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from ..io.images import load_lr_image  # noqa: F401 (re-exported: the reader of low-resolution inputs)
 from ..scales import Magnification
 from .constrained import FixedGuide, JointSamplingConfig
 from .decode import DecodeConfig
@@ -46,24 +47,6 @@ class SRConfig(JointSamplingConfig):
     ``n_steps = 5`` inner iterations (SPEC §5.2; t0 1000, stride 50, w 2, lr 0.5, h 0.005)."""
 
     inner_steps: int = 5
-
-
-def load_lr_image(path: str | Path, resize: int | None = None) -> np.ndarray:
-    """Read an RGB image as uint8 HWC, optionally resampled (Lanczos) to ``resize``² pixels.
-
-    A missing, empty or unknown file and damaged pixel data (e.g. a JPEG truncated after its header) are
-    one-line :class:`~zoomldm.errors.InputError` s naming the file (:func:`zoomldm.io.images.load_image`).
-    """
-    from PIL import Image
-
-    from ..io.images import load_image
-
-    if resize is not None and resize < 1:
-        raise InputError(f"--resize (resize) must be a positive size in pixels; got {resize}")
-    image = load_image(path, "low-resolution image")
-    if resize is not None:
-        image = np.asarray(Image.fromarray(image).resize((resize, resize), Image.LANCZOS))
-    return image
 
 
 def _patches(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 :meth:`CDMTrainer.fit` in the order of the authors' ``cdm_dit/train_cdm.py``:
 
 1. accelerator (mixed precision, one process to many) and seeds;
-2. the frozen Summarizer of a trained or official ZoomLDM (any ``ZoomLDMPipeline.from_pretrained``
+2. the frozen Summarizer of a trained or official ZoomLDM (any ``ZoomLDMModel.from_pretrained``
    source), and the store ``zoomldm prepare`` made for it (checked against it);
 3. the DiT (``--model``, DiT-B by default) sized to the Summarizer's width and levels, its EMA copy
    (decay 0.9999 from the first step, no warm-up: the authors' ``update_ema``), AdamW(lr 1e-4,
@@ -168,9 +168,9 @@ class CDMTrainer:
         from accelerate.utils import set_seed
         from safetensors.torch import load_file
 
+        from ..models.bundle import ZoomLDMModel
         from ..models.cdm import ConditioningDiT
         from ..models.cdm_diffusion import CDMDiffusion
-        from ..pipeline import ZoomLDMPipeline
         from .config import check_store
         from .data import TrainLoader, derive_seed
 
@@ -184,7 +184,7 @@ class CDMTrainer:
 
         # 2. the frozen Summarizer and its store
         self.resume_from = resolve_cdm_resume(c.resume, self.output_dir)
-        pipe = ZoomLDMPipeline.from_pretrained(c.zoomldm, c.zoomldm_config)
+        pipe = ZoomLDMModel.from_pretrained(c.zoomldm, c.zoomldm_config)
         self.summarizer = pipe.summarizer.float().to(acc.device).eval().requires_grad_(False)
         self.dataset = check_store(c.store, pipe.config, c.levels)
         self.source = {"zoomldm": str(c.zoomldm), "provenance": pipe.provenance}

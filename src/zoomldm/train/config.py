@@ -18,12 +18,13 @@ an error that names it and lists the valid ones (a typo never silently falls bac
 
 ``configs/train_brca.yaml`` documents every key. Command-line overrides use dotted keys
 (``--set optim.lr=1e-4``), parsed as YAML values.
+
+The sections are :mod:`.config_sections`; the typed loader and the overrides :mod:`.config_parsing`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,131 +32,41 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, quoted
+from ..errors import ConfigError
+from .config_parsing import _at, _build, _override_key, _Source, _unwrap_optional, apply_overrides
+from .config_sections import (
+    INIT_KINDS,
+    PRECISIONS,
+    STRATEGIES,
+    TRACKERS,
+    CheckpointSection,
+    DataSection,
+    DistributedSection,
+    EMASection,
+    LoggingSection,
+    ModelSection,
+    OptimSection,
+    TrainSection,
+)
 
-INIT_KINDS = ("scratch", "official", "pretrained", "compvis")
-PRECISIONS = ("no", "fp16", "bf16")
-STRATEGIES = ("auto", "ddp", "fsdp")
-TRACKERS = ("tensorboard", "wandb")
-
-
-@dataclass
-class ModelSection:
-    """What to train and where its first weights come from."""
-
-    #: architecture: a preset (brca, naip, tiny, tiny-naip) or the authors' yaml. Required for ``scratch``
-    #: and ``compvis``; for ``official`` optional (else the yaml beside the checkpoint, or recognised).
-    config: str | None = None
-    #: scratch | official (a ZoomLDM .ckpt: fine-tuning) | pretrained (our format) | compvis (the ImageNet
-    #: LDM cin256-v2 checkpoint the authors started from: UNet (+ VQ-f4) only, class embedder dropped)
-    init: str = "scratch"
-    checkpoint: str | None = None
-    #: compvis only: take the checkpoint's EMA UNet (``model_ema.*``) instead of its live weights
-    ema: bool = False
-    #: the (frozen) VQ-f4 to use instead of the one ``init`` provides (scratch: random; compvis: the
-    #: checkpoint's, else random): our format dir or an official .ckpt (+ model.config). It only decodes
-    #: sample grids and is saved with checkpoints; it must be the VQ that made the store's latents.
-    vae: str | None = None
-
-
-@dataclass
-class DataSection:
-    """The store made by ``zoomldm prepare`` and how it is read."""
-
-    store: str = ""
-    #: magnifications to train on (names or indices; default: all levels in the store)
-    levels: list[str | int] | None = None
-    #: samples per process per step (the authors: 420 per GPU for BRCA, 400 for NAIP)
-    batch_size: int = 32
-    num_workers: int = 4
-    #: draws per epoch over all processes (default: the store's sample count); epochs only set the
-    #: sampler's seed, as the authors' loader draws magnification-first at random (SPEC §1.5)
-    samples_per_epoch: int | None = None
-    #: probability per stored level (default uniform: the official magnification-balanced sampling)
-    level_weights: list[float] | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class OptimSection:
-    """AdamW with the official linear warm-up (SPEC §2.5)."""
-
-    lr: float = 2.0e-5
-    #: multiply lr by processes × batch_size × accumulation (the authors' ``--scale_lr``; off by default)
-    scale_lr: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1.0e-8
-    weight_decay: float = 0.01
-    #: LambdaLinearScheduler: the lr factor rises linearly from warmup_start to 1 over warmup_steps
-    warmup_steps: int = 1000
-    warmup_start: float = 1.0e-6
-    #: gradient-norm clipping (None: none, as the authors)
-    max_grad_norm: float | None = None
-    gradient_accumulation_steps: int = 1
-
-
-@dataclass
-class TrainSection:
-    """The loop."""
-
-    max_steps: int = 100_000
-    #: classifier-free dropout of the Summarizer output (zeros = unconditional)
-    p_uncond: float = 0.1
-    #: Min-SNR-γ loss weighting (``train.objective.min_snr_weights``; e.g. 5); null: the authors' plain ε-MSE
-    snr_gamma: float | None = None
-    #: no | fp16 | bf16 (autocast via accelerate; master weights stay float32)
-    mixed_precision: str = "bf16"
-    gradient_checkpointing: bool = False
-    #: torch.compile the UNet (nn.Module.compile: state-dict keys unchanged)
-    compile: bool = False
-    compile_mode: str | None = None
-    #: allow TF32 matmuls on Ampere+ GPUs (only matters with mixed_precision: no)
-    tf32: bool = True
-
-
-@dataclass
-class EMASection:
-    """EMA of the UNet only (the Summarizer has none), decay ``min(decay, (1+n)/(10+n))``."""
-
-    enabled: bool = True
-    decay: float = 0.9999
-
-
-@dataclass
-class CheckpointSection:
-    """Checkpoints in our format (+ training_state/ for an exact resume)."""
-
-    every: int = 5000
-    #: number of checkpoints kept (oldest deleted first); 0 keeps all
-    keep: int = 3
-    #: auto (continue from the newest checkpoint in output_dir, if any) | never | a checkpoint path
-    resume: str = "auto"
-
-
-@dataclass
-class LoggingSection:
-    """Scalars every ``every`` steps; sample grids every ``sample_every`` steps (0 = never)."""
-
-    every: int = 50
-    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
-    project: str = "zoomldm"
-    sample_every: int = 5000
-    samples_per_level: int = 4
-    sample_steps: int = 50
-    sample_guidance: float = 2.0
-    sample_scheduler: str = "ddim"
-
-
-@dataclass
-class DistributedSection:
-    """How the processes started by ``accelerate launch`` / ``torchrun`` share the work."""
-
-    #: auto (whatever ``accelerate config`` says; DDP when several processes) | ddp | fsdp
-    strategy: str = "auto"
-    #: DDP: the Summarizer's pad token is unused in a batch of 8×8 grids only
-    find_unused_parameters: bool = True
-    #: extra ``accelerate.FullyShardedDataParallelPlugin`` arguments for ``strategy: fsdp``
-    fsdp: dict[str, Any] = field(default_factory=dict)
+__all__ = [
+    "INIT_KINDS",
+    "PRECISIONS",
+    "STRATEGIES",
+    "TRACKERS",
+    "CheckpointSection",
+    "DataSection",
+    "DistributedSection",
+    "EMASection",
+    "LoggingSection",
+    "ModelSection",
+    "OptimSection",
+    "TrainConfig",
+    "TrainSection",
+    "apply_overrides",
+    "check_override_keys",
+    "check_store",
+]
 
 
 @dataclass
@@ -345,31 +256,6 @@ def check_store(store: str, model_config, levels: list[str | int] | None = None,
 
 
 # -- overrides -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Source:
-    """Where the values come from: a file, except the keys given with ``--set`` (for error messages)."""
-
-    file: str
-    overridden: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return self.file
-
-
-def _at(source: str | _Source, key: str) -> str:
-    """``--set KEY`` when ``key`` (or a section above it) came from the command line, else ``file: key``."""
-    if isinstance(source, _Source):
-        base = key.split("[")[0]
-        for o in source.overridden:
-            if base == o or base.startswith(o + "."):
-                return f"--set {key}"
-    return f"{source}: {key}"
-
-
-def _override_key(item: str) -> str:
-    return ".".join(p for p in item.split("=", 1)[0].strip().split(".") if p)
-
-
 def check_override_keys(overrides: list[str]) -> None:
     """Refuse an override whose key is not a config key, naming ``--set KEY`` and the valid keys."""
     for item in overrides:
@@ -393,113 +279,3 @@ def check_override_keys(overrides: list[str]) -> None:
                 )
             cls = _unwrap_optional(typing.get_type_hints(cls)[part])
             done.append(part)
-
-
-def _unwrap_optional(hint: Any) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return hint
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["optim.lr=1e-4", "data.levels=[0,1]"]`` → a copy of ``data`` with those keys set (YAML values)."""
-    import copy
-
-    out = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(
-                f"override {quoted(item)}: expected KEY=VALUE with a dotted key, e.g. optim.lr=1e-4"
-            )
-        key, text = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {quoted(item)}: empty key")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a 5000-digit int, "[[[[…": the text
-            value = text
-        node = out
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {quoted(item)}: {p} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-# -- a small typed loader for nested dataclasses -------------------------------------------------------
-def _build(cls: type, data: Any, prefix: str, source: str | _Source) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{_at(source, where)}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {prefix + str(unknown[0])!r}; valid keys"
-            f"{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, prefix + name, source)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, key: str, source: str | _Source) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value if value is not None else {}, key + ".", source)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:  # an exact type match first (an int level stays an int under ``str | int``)
-            if isinstance(arg, type) and type(value) is arg:
-                return value
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, key, source)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{_at(source, key)}: expected a list, got {quoted(value)}")
-        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{_at(source, key)}: expected a mapping, got {quoted(value)}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{_at(source, key)}: expected true or false, got {quoted(value)}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{_at(source, key)}: expected an integer, got {quoted(value)}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{_at(source, key)}: expected a number, got {quoted(value)}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{_at(source, key)}: expected a string, got {quoted(value)}")
-    return value

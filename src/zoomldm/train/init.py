@@ -2,7 +2,7 @@
 
 * ``scratch``: random networks of ``model.config`` (seeded).
 * ``official`` (fine-tuning): the authors' ``.ckpt`` — the **live** UNet continues training
-  (``ZoomLDMPipeline.from_official(..., ema=False)``) and its ``model_ema.*`` copy seeds our EMA, with
+  (``ZoomLDMModel.from_official(..., ema=False)``) and its ``model_ema.*`` copy seeds our EMA, with
   the official update counter (so the EMA decay continues where it was).
 * ``pretrained``: our format. A checkpoint written by this trainer carries its live weights in
   ``training_state/`` (taken when present); otherwise the stored UNet is both live and EMA.
@@ -55,9 +55,9 @@ def load_initial_weights(model: ModelSection, seed: int = 0) -> InitialWeights:
 
 
 def _scratch(model: ModelSection, seed: int) -> InitialWeights:
-    from ..pipeline import ZoomLDMPipeline
+    from ..models.bundle import ZoomLDMModel
 
-    pipe = ZoomLDMPipeline.from_config(model.config, seed=seed)
+    pipe = ZoomLDMModel.from_config(model.config, seed=seed)
     return InitialWeights(
         pipe.unet, pipe.summarizer, pipe.vae, pipe.config, provenance={"init": "scratch", "seed": seed}
     )
@@ -65,9 +65,9 @@ def _scratch(model: ModelSection, seed: int) -> InitialWeights:
 
 def _official(model: ModelSection, seed: int) -> InitialWeights:
     from ..checkpoints import EMA_PREFIX, convert_official, read_state_dict
-    from ..pipeline import ZoomLDMPipeline
+    from ..models.bundle import ZoomLDMModel
 
-    pipe = ZoomLDMPipeline.from_official(model.checkpoint, config=model.config, ema=False)
+    pipe = ZoomLDMModel.from_official(model.checkpoint, config=model.config, ema=False)
     sd = read_state_dict(model.checkpoint)
     ema_unet, num_updates = None, 0
     if any(k.startswith(EMA_PREFIX) for k in sd):
@@ -79,12 +79,12 @@ def _official(model: ModelSection, seed: int) -> InitialWeights:
 
 def _pretrained(model: ModelSection, seed: int) -> InitialWeights:
     from ..checkpoints import resolve_checkpoint
-    from ..pipeline import ZoomLDMPipeline
+    from ..models.bundle import ZoomLDMModel
 
     src = resolve_checkpoint(model.checkpoint, model.config)
     if src.kind == "official":
         return _official(ModelSection(**{**model.__dict__, "checkpoint": str(src.path)}), seed)
-    pipe = ZoomLDMPipeline.from_pretrained(src.path)
+    pipe = ZoomLDMModel.from_pretrained(src.path)
     ema_unet = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
     num_updates = 0
     state = src.path / "training_state"
@@ -229,9 +229,9 @@ def convert_compvis(
 
 def _vae_from(spec: str, config: str | None) -> torch.nn.Module:
     """The VQ-f4 of a checkpoint (our format, an official file with its yaml, or a hub id)."""
-    from ..pipeline import ZoomLDMPipeline
+    from ..models.bundle import ZoomLDMModel
 
-    return ZoomLDMPipeline.from_pretrained(spec, config=config).vae
+    return ZoomLDMModel.from_pretrained(spec, config=config).vae
 
 
 def describe_keys(weights: CompVisWeights) -> str:

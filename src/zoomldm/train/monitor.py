@@ -131,7 +131,7 @@ def sample_grids(
     ``seed``, so it is the same on every device and at every step.
     """
     from ..io.images import contact_sheet
-    from ..pipeline import to_uint8
+    from ..models.bundle import to_uint8
     from ..sampling.denoise import denoise
     from ..schedule import make_scheduler
 

@@ -24,6 +24,8 @@ of a few large images, at every magnification the diffusion model will see:
   Summarizer of the same architecture — so that ``zoomldm prepare --checkpoint <output_dir>/model`` encodes
   a store with it and ``model.vae: <output_dir>/model`` makes ``zoomldm train`` decode its sample grids
   with it; ``<output_dir>/metrics.json`` holds the final losses and held-out PSNR.
+
+The crops are :mod:`.vae_crops`, the measurements (held-out PSNR, latent spread) :mod:`.vae_metrics`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ import numpy as np
 import torch
 
 from ..config import ZoomLDMConfig
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..fsutil import atomic_path
 from .checkpointing import STATE, Progress, list_checkpoints, save_checkpoint
+from .vae_crops import CropSource
+from .vae_metrics import _evaluate, latent_scale, reconstruction_metrics  # noqa: F401 (re-exported)
 
 VAE_DIR = "vae"
 METRICS = "metrics.json"
@@ -129,124 +133,6 @@ class VAETrainResult:
     wall_time_s: float = 0.0
 
 
-# -- data ---------------------------------------------------------------------------------------------
-class CropSource:
-    """Deterministic training crops and a fixed held-out set from a pyramid of each image.
-
-    Args:
-        images: ``uint8 [H, W, 3]`` arrays (the finest magnification).
-        crop_size: side of a crop in pixels.
-        levels: pyramid levels per image (None: as many 2× levels as leave a side ≥ 2 crops).
-        holdout_fraction: width fraction of the right-hand strip of each level kept for evaluation.
-        eval_crops_per_level: most held-out crops per image and level.
-    """
-
-    def __init__(
-        self,
-        images: Sequence[np.ndarray],
-        crop_size: int,
-        levels: int | None = None,
-        holdout_fraction: float = 0.125,
-        eval_crops_per_level: int = 16,
-    ) -> None:
-        from PIL import Image
-
-        self.crop = crop_size
-        self.levels: list[tuple[int, int, np.ndarray, int]] = []  # (image, downsample, pixels, train width)
-        for index, image in enumerate(images):
-            level, downsample = np.ascontiguousarray(image), 1
-            while True:
-                h, w = level.shape[:2]
-                hold = max(crop_size, int(round(w * holdout_fraction / crop_size)) * crop_size)
-                if h < crop_size or w - hold < crop_size:
-                    break
-                self.levels.append((index, downsample, level, w - hold))
-                if levels is not None and sum(1 for lv in self.levels if lv[0] == index) >= levels:
-                    break
-                if min(h, w) < 4 * crop_size:  # the next 2× level would be under 2 crops a side
-                    break
-                # box-filtered 2× reduction (what `zoomldm prepare` resamples pyramid levels with)
-                level, downsample = np.asarray(Image.fromarray(level).reduce(2)), downsample * 2
-        if not self.levels:
-            raise InputError(
-                f"the training images are smaller than 2 crops of {crop_size}² a side; give larger images "
-                "or a smaller --crop-size"
-            )
-        self.eval_crops, self.eval_labels = self._held_out(eval_crops_per_level)
-
-    def _held_out(self, limit: int) -> tuple[torch.Tensor, list[str]]:
-        crops, labels = [], []
-        c = self.crop
-        for index, downsample, pixels, train_w in self.levels:
-            h, w = pixels.shape[:2]
-            found = 0
-            for y in range(0, h - c + 1, c):
-                for x in range(train_w, w - c + 1, c):
-                    if found < limit:
-                        crops.append(pixels[y : y + c, x : x + c])
-                        labels.append(f"image{index}/{downsample}x-down")
-                        found += 1
-        return _to_model(np.stack(crops)), labels
-
-    def batch(self, seed: int, step: int, batch_size: int) -> torch.Tensor:
-        """The training batch of ``step`` (``[-1, 1]`` float ``[B, 3, crop, crop]``), a function of
-        ``(seed, step)`` only."""
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
-        c = self.crop
-        out = []
-        for _ in range(batch_size):
-            _, _, pixels, train_w = self.levels[int(torch.randint(len(self.levels), (1,), generator=g))]
-            y = int(torch.randint(pixels.shape[0] - c + 1, (1,), generator=g))
-            x = int(torch.randint(train_w - c + 1, (1,), generator=g))
-            crop = pixels[y : y + c, x : x + c]
-            turn = int(torch.randint(8, (1,), generator=g))
-            crop = np.rot90(crop, turn % 4)
-            if turn >= 4:
-                crop = crop[:, ::-1]
-            out.append(np.ascontiguousarray(crop))
-        return _to_model(np.stack(out))
-
-
-def _to_model(pixels: np.ndarray) -> torch.Tensor:
-    """``uint8 [B, H, W, 3]`` → ``[-1, 1]`` float ``[B, 3, H, W]``."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-# -- evaluation -------------------------------------------------------------------------------------------
-@torch.no_grad()
-def reconstruction_metrics(
-    vae: torch.nn.Module, crops: torch.Tensor, labels: Sequence[str], batch_size: int = 16
-) -> dict[str, Any]:
-    """PSNR (dB, 8-bit range) of quantised reconstructions, overall and per label, plus codebook use.
-
-    The PSNR of a crop is computed on its 8-bit rounding (what a saved image holds); the overall figure is
-    the mean over crops.
-    """
-    device = next(vae.parameters()).device
-    psnrs, used = [], set()
-    for start in range(0, len(crops), batch_size):
-        x = crops[start : start + batch_size].to(device)
-        h = vae.encode(x).latents
-        _, _, (_, _, indices) = vae.quantize(h)
-        used.update(indices.flatten().tolist())
-        y = vae.decode(h).sample.clamp(-1, 1)
-        a = torch.round((x + 1) * 127.5)
-        b = torch.round((y + 1) * 127.5)
-        mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-        psnrs.extend((10 * torch.log10(255.0**2 / mse)).cpu().tolist())
-    per_label: dict[str, list[float]] = {}
-    for label, value in zip(labels, psnrs, strict=True):
-        per_label.setdefault(label, []).append(value)
-    n_codes = int(vae.quantize.embedding.weight.shape[0])
-    return {
-        "psnr_db": float(np.mean(psnrs)),
-        "psnr_db_by_level": {k: float(np.mean(v)) for k, v in per_label.items()},
-        "held_out_crops": len(psnrs),
-        "codes_used": len(used),
-        "codebook_size": n_codes,
-    }
-
-
 # -- training ---------------------------------------------------------------------------------------------
 def _is_vae_checkpoint(path: Path) -> bool:
     return (path / VAE_DIR / "config.json").is_file() and (path / STATE / "progress.json").is_file()
@@ -281,7 +167,7 @@ def train_vae(
     from accelerate.utils import set_seed
 
     from ..models.autoencoder import build_vae
-    from .trainer import _accelerator_available, _own_memory
+    from .runtime import _accelerator_available, _own_memory
 
     config.validate()
     say = log or (lambda line: None)
@@ -421,15 +307,6 @@ def train_vae(
     return result
 
 
-def _evaluate(model: torch.nn.Module, source: CropSource) -> dict[str, Any]:
-    was_training = model.training
-    model.eval()
-    try:
-        return reconstruction_metrics(model, source.eval_crops, source.eval_labels)
-    finally:
-        model.train(was_training)
-
-
 def _read_metrics(checkpoint: Path) -> dict[str, Any]:
     path = checkpoint / METRICS
     if not path.is_file():
@@ -438,30 +315,6 @@ def _read_metrics(checkpoint: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except ValueError:
         return {}
-
-
-@torch.no_grad()
-def latent_scale(vae: torch.nn.Module, crops: torch.Tensor, batch: int = 16) -> tuple[float, float]:
-    """``(std, 1/std)`` of the VQ's pre-quantisation latents (``encode``) over ``crops`` (``[-1, 1]`` float
-    ``[N, 3, H, W]``, e.g. :attr:`CropSource.eval_crops`).
-
-    ZoomLDM's diffusion sees the VQ-f4's latents unscaled (SPEC §10.3) with the LDM β schedule, which is
-    tuned for latents of about unit spread (the official VQ-f4's). A VQ trained here has no such
-    property: the embedded tiny VQ's latents had a std of 0.23, so at t = 100 the signal-to-noise ratio
-    was 19× (1/0.23²) lower than the schedule intends, and the UNet, which learns structure where the SNR is about 1,
-    saw almost none (its samples were texture). Rather than a scaling factor the pipeline would have to
-    apply everywhere (against SPEC §10.3 and the official checkpoints), the exported VQ itself is
-    rescaled by ``1/std``: an exact change of its latent coordinates (same codes, same decoded images).
-    One uniform factor, not one per channel: only a uniform factor keeps the nearest codes, hence the
-    decoder, unchanged.
-    """
-    values = []
-    for start in range(0, len(crops), batch):
-        values.append(vae.encode(crops[start : start + batch]).latents.float().flatten())
-    std = float(torch.cat(values).std())
-    if not (std > 0 and math.isfinite(std)):
-        raise ConfigError(f"the trained VQ's latents have std {std}: retrain with a lower --lr")
-    return std, 1.0 / std
 
 
 def _export(
@@ -479,16 +332,16 @@ def _export(
     import copy
 
     from ..models.autoencoder import rescale_latents
-    from ..pipeline import ZoomLDMPipeline
+    from ..models.bundle import ZoomLDMModel
 
-    random = ZoomLDMPipeline.from_config(cfg, seed=config.seed)
+    random = ZoomLDMModel.from_config(cfg, seed=config.seed)
     trained = copy.deepcopy(vae).to("cpu").float().eval()
     scaling: dict[str, float] = {}
     if config.normalize_latents and len(crops):
         std, scale = latent_scale(trained, crops)
         rescale_latents(trained, scale)
         scaling = {"latent_std": std, "latent_scale": scale}
-    pipe = ZoomLDMPipeline(random.unet, trained, random.summarizer, cfg, {"config": cfg.preset})
+    pipe = ZoomLDMModel(random.unet, trained, random.summarizer, cfg, {"config": cfg.preset})
     prov = {
         "weights": f"VQ-f4 trained by `zoomldm train-vae` ({step} steps); UNet and Summarizer random (seed "
         f"{config.seed}): use this model for `zoomldm prepare --checkpoint` and `model.vae`",

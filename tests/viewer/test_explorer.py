@@ -29,8 +29,8 @@ from PIL import Image
 from _fixtures import one_thread, run_cli
 from zoomldm import ZoomLDMPipeline
 from zoomldm.errors import ZoomLDMError
-from zoomldm.io.explorer import Explorer, block_seed, downsample2, feather, psnr, seam_statistics
-from zoomldm.io.viewer import serve
+from zoomldm.viewer.explorer import Explorer, block_seed, downsample2, feather, psnr, seam_statistics
+from zoomldm.viewer.server import serve
 
 FAST = dict(t0=50, stride=50, inner_steps=1, inversion_steps=1, no_postprocess=True)
 GEOMETRY = dict(window_patches=1, tile_size=64)
@@ -367,7 +367,7 @@ def test_embedded_model_generates_tissue_consistent_with_the_parent(data_dir, tm
     """The numeric consistency claim, with the trained embedded model (its VQ decodes what it encodes); no
     checkpoint named and the published one not available: the package's default rule falls back to the
     embedded model and says so in one line. ``blend=0``: the tile is block (0, 0)'s centre alone."""
-    import zoomldm.models.embedded as embedded
+    import zoomldm.checkpoints.default as embedded  # the module of the default rule
 
     monkeypatch.delenv("ZOOMLDM_CHECKPOINT", raising=False)
     monkeypatch.setattr(embedded, "published_available", lambda *a, **k: False)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from _fixtures import chromium, one_thread
 from zoomldm import ZoomLDMPipeline
-from zoomldm.io.viewer import serve
+from zoomldm.viewer.server import serve
 
 FAST = dict(t0=50, stride=50, inner_steps=1, inversion_steps=1, no_postprocess=True)
 WIDTH, HEIGHT, CAPTION = 400, 300, 22  # window; the caption bar at the bottom is not part of the viewer
@@ -122,7 +122,7 @@ def test_while_generating_the_page_shows_the_coarser_level_and_the_progress_line
     """A block that takes long (a stand-in that waits; the tiles answer 503 at once, so the browser's virtual
     time runs): the view shows the 5x image scaled up — the placeholder — and the progress line, a dark box
     at the bottom left."""
-    from zoomldm.io.explorer import Explorer
+    from zoomldm.viewer.explorer import Explorer
 
     browser = chromium()
     release = threading.Event()

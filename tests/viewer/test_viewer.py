@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from _fixtures import chromium
-from zoomldm.io import save_png, serve, write_tiff
-from zoomldm.io.viewer import STATIC_DIR
+from zoomldm.io import save_png, write_tiff
+from zoomldm.viewer.server import STATIC_DIR, serve
 
 
 @pytest.fixture(scope="module")
