@@ -13,7 +13,7 @@
 # 1.25x → 20x), official and fast schedule in turn. It prints one JSON line per schedule: seconds of the
 # region's stage (joint sampling + post-processing + decode + TIFF), seconds per gigapixel of output at that
 # rate, peak GPU memory (torch.cuda.max_memory_allocated), and the dry-run plan's estimate of both for the
-# same request (sampling/plan.py), so the estimate is checked against the measurement.
+# same request (sampling/plan/), so the estimate is checked against the measurement.
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_check}
 mkdir -p "$OUT"

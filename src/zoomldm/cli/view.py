@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
             None, "--inversion-steps", help="condition-inversion Adam steps"
         ),
         no_postprocess: bool = typer.Option(False, "--no-postprocess", help="skip seam removal in a block"),
+        decode_stride: int | None = typer.Option(
+            None, "--decode-stride", help="VQ decode window stride in latent px (default: the official 16)"
+        ),
         schedule: str | None = typer.Option(
             None, "--schedule", help="sampling schedule preset: official (default) or fast"
         ),
@@ -80,6 +83,7 @@ def register(app: typer.Typer) -> None:
             "stride": stride,
             "inner_steps": inner_steps,
             "inversion_steps": inversion_steps,
+            "decode_stride": decode_stride,
             "schedule": schedule,
         }
         settings = {k: v for k, v in settings.items() if v is not None}
