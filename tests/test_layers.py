@@ -261,3 +261,12 @@ def test_every_module_imports() -> None:
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
     done = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+if __name__ == "__main__":  # the summary for a review: python tests/test_layers.py
+    g = graph()
+    sizes = sorted(((len(p.read_text().splitlines()), m) for m, p in MODULES.items()), reverse=True)
+    print(f"modules {len(g)}, import edges {sum(len(v) for v in g.values())}")
+    print(f"cycles {len(cycles(g))}, upward imports {len(upward_imports(g))}")
+    print(f"deprecated aliases {len(DEPRECATED_ALIASES)} (lazy, warn; go in 0.2)")
+    print("largest modules: " + ", ".join(f"{m} {n}" for n, m in sizes[:3]))
