@@ -89,7 +89,7 @@ def test_sample_generate_superres_and_demo_print_only_our_lines(inputs: Path) ->
         # no --checkpoint: the offline default rule, whose one note line is ours
         ["demo", "--out", str(out / "demo"), "--steps", "2"],
     ]  # fmt: skip
-    small = dict(t0=1000, stride=500, inner_steps=1, post_t0=50, post_stride=50, decode_stride=64)
+    small = dict(t0=1000, stride=500, inner_steps=1, no_postprocess=True, decode_stride=64)
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(small), json.dumps(commands)],
         capture_output=True,
