@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -111,3 +112,12 @@ def check_input(path: str | os.PathLike[str], option: str, *, kind: str = "file"
     if kind == "file" and path.stat().st_size == 0:
         raise InputError(f"{option} {path}: the file is empty (0 bytes); re-create or re-download it")
     return path
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 24) -> str:
+    """The sha256 of a file, read in ``chunk``-byte blocks (checkpoint provenance, the embedded model's card)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -13,7 +13,6 @@ and its encoder from these files is :mod:`zoomldm.models.embedded`'s.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from importlib import resources
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from ..fsutil import file_sha256
 
 NAME = "tiny_brca"
 CARD = "MODEL_CARD.md"
@@ -39,14 +39,6 @@ def card_hashes(card: str | Path) -> dict[str, str]:
     """The *Files* table of a model card: relative path → sha256 (rows ``| `path` | <sha256> | … |``)."""
     text = Path(card).read_text(encoding="utf-8")
     return {m.group(1): m.group(2) for line in text.splitlines() if (m := _ROW.match(line.strip()))}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_embedded_model(path: str | Path) -> dict[str, str]:
@@ -69,7 +61,7 @@ def verify_embedded_model(path: str | Path) -> dict[str, str]:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in {CARD} but missing (reinstall zoomldm)")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise CheckpointError(
                 f"{file}: sha256 differs from {CARD} (the embedded model is damaged or was edited; reinstall zoomldm)"
             )

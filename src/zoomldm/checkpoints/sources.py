@@ -1,24 +1,16 @@
 """Where a checkpoint comes from: a local folder in our format, an official file, a hub id, or the name
-``embedded``; and the file hash that provenance records."""
+``embedded``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, ZoomLDMError
+from ..fsutil import file_sha256  # noqa: F401 (re-exported: the hash that provenance records)
 from .embedded import EMBEDDED, embedded_model_path
 from .official import HUB_REPO, OFFICIAL_SUFFIXES
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

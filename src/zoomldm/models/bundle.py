@@ -8,7 +8,8 @@ It owns the three networks (``.unet`` a diffusers ``UNet2DConditionModel``, ``.v
 * :meth:`ZoomLDMModel.from_config` — random initialisation (tests, the offline demo, training from scratch).
 
 Training, data preparation and feature extraction take this object; sampling is
-:class:`zoomldm.pipeline.ZoomLDMPipeline`'s, a subclass that every loader here also builds (``cls``).
+:class:`zoomldm.pipeline.ZoomLDMPipeline`'s, a subclass. The loaders are classmethods that build ``cls``,
+so ``ZoomLDMPipeline.from_pretrained(...)`` gives a pipeline and ``ZoomLDMModel.from_pretrained(...)`` a model.
 """
 
 from __future__ import annotations
