@@ -15,6 +15,10 @@ per-block time.
 
     nice -n 19 .venv/bin/python benchmarks/bench_gigapixel.py                  # 512², 1024², 2048²
     .venv/bin/python benchmarks/bench_gigapixel.py --sizes 256,512 --steps 1   # quick look
+    nice -n 19 .venv/bin/python benchmarks/bench_gigapixel.py --cascade        # issue 24: 1024², 2048², 4096²
+
+``--cascade`` runs real cascaded requests past one guide patch (a coarse canvas from a reference grid
+file, then two stages) and compares each run's peak RSS with the dry-run plan's peak host memory.
 """
 
 from __future__ import annotations
@@ -125,6 +129,81 @@ def child(
     }
 
 
+def child_cascade(size: int, steps: int, inner: int, tile_batch: int, seed: int, decode_stride: int) -> dict:
+    """One real cascaded request past one guide patch (issue 24), in this process: ``generate_large_image``
+    of ``size``² at 1.25x with the compat model (a coarse canvas of ``(size/512)²`` 0.15625x patches from a
+    random reference grid stored as .npy, read by block; then 0.15625x → 0.3125x → 1.25x), to a TIFF; and
+    the dry-run plan of the same request made in this process just before it (its peak host memory)."""
+    import numpy as np
+    import torch
+
+    from zoomldm import ZoomLDMPipeline
+    from zoomldm.sampling.plan import plan_large
+
+    torch.set_num_threads(1)
+    pipe = ZoomLDMPipeline.from_official(
+        COMPAT / "small_checkpoint.ckpt", config=COMPAT / "small_config.yaml"
+    )
+    options = dict(t0=50 * steps, stride=50, inner_steps=inner, tile_batch=tile_batch)
+    options.update(decode_stride=decode_stride, no_postprocess=True)
+    rng = np.random.default_rng(seed)
+    n = size // pipe.config.image_size * pipe.magnification("1.25x").grid_size  # base tiles a side
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Path(tmp) / "grid.npy"
+        grid = np.lib.format.open_memmap(ref, "w+", np.float32, (pipe.config.ssl_channels, n, n))
+        for r in range(0, n, 256):
+            grid[:, r : r + 256] = rng.standard_normal((grid.shape[0], min(256, n - r), n), np.float32)
+        del grid
+        out = Path(tmp) / "bench.tif"
+        request = dict(target="1.25x", size=size, out=out, compression="none", **options)
+        plan = plan_large(pipe, calibrate=False, **request)
+        baseline = _rss_mib()
+        started = time.perf_counter()
+        result = pipe.generate_large(ref, seed=seed, progress=False, **request)
+        wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    coarse = result.metrics["coarse"]
+    return {
+        "size": size,
+        "coarse": f"{result.settings['coarse']['rows']}×{result.settings['coarse']['cols']}",
+        "tiles": sum(s.tiles for s in plan.stages[1:]),
+        "wall_s": wall,
+        "coarse_s": coarse["seconds"]["total"],
+        "baseline_mib": baseline,
+        "peak_mib": peak,
+        "planned_mib": plan.peak_host_bytes / 2**20,
+        "largest_phase": next(t.name for t in plan.host_terms if t.name.startswith("largest phase")),
+    }
+
+
+def main_cascade(args) -> None:
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        cmd = [sys.executable, __file__, "--cascade", "--child", str(size), "--steps", str(args.steps)]
+        cmd += ["--inner-steps", str(args.inner_steps), "--tile-batch", str(args.tile_batch)]
+        cmd += ["--seed", str(args.seed), "--decode-stride", str(args.decode_stride)]
+        env = dict(os.environ, ZOOMLDM_PROGRESS="0")
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(
+        f"compat model, generate --to 1.25x --size N (coarse canvas at 0.15625x, cascade 0.15625x → 0.3125x → "
+        f"1.25x), {args.steps} outer step(s), {args.inner_steps} Newton iteration(s), tile batch "
+        f"{args.tile_batch}, decode stride {args.decode_stride}, no post-processing, 1 CPU thread, reference "
+        "grid in a .npy read by block, TIFF output\n"
+    )
+    print(
+        "| size | coarse canvas | tiles | wall s | coarse s | planned peak MiB | measured peak RSS MiB | "
+        "measured / planned | peak ratio to smallest | plan's largest phase |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['size']}² | {r['coarse']} | {r['tiles']} | {r['wall_s']:.1f} | {r['coarse_s']:.1f} | "
+            f"{r['planned_mib']:.0f} | {r['peak_mib']:.0f} | {r['peak_mib'] / r['planned_mib']:.3f} | "
+            f"{r['peak_mib'] / rows[0]['peak_mib']:.3f} | {r['largest_phase'].removeprefix('largest phase: ')} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,8 +232,25 @@ def main() -> None:
         default=2048.0,
         help="post-processing: keep the window contexts across steps up to this size (0: recompute per step)",
     )
+    parser.add_argument(
+        "--cascade",
+        action="store_true",
+        help="issue 24: real cascaded requests with a coarse canvas (--sizes 1024,2048,4096 at 1.25x), "
+        "measured peak RSS against the dry-run plan's",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cascade:
+        if args.sizes == "512,1024,2048":
+            args.sizes = "1024,2048,4096"
+        if args.child is not None:
+            measured = child_cascade(
+                args.child, args.steps, args.inner_steps, args.tile_batch, args.seed, args.decode_stride
+            )
+            print(json.dumps(measured))
+        else:
+            main_cascade(args)
+        return
     if args.child is not None:
         measured = child(
             args.child,

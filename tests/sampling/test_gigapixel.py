@@ -212,3 +212,122 @@ def test_progress_shows_stage_step_blocks_and_eta(compat_pipe, monkeypatch, caps
     line = next(line for line in err.splitlines() if "joint sampling: step 2/2, blocks" in line)
     assert f"{BLOCKS}/{BLOCKS}" in line and line.count("0:00:") == 2
     assert "joint sampling: steps" in err and "decode windows" in err
+
+
+# -- the coarse canvas of a request past one guide patch (issue 24) ----------------------------------------
+COARSE_BANDS = 2  # worker.coarse_request(): a 2 × 2 coarse canvas, one band per patch row
+
+
+@pytest.fixture(scope="module")
+def coarse_uninterrupted(compat_pipe, tmp_path_factory):
+    grid, kwargs = worker.coarse_request()
+    out = tmp_path_factory.mktemp("coarse") / "whole.png"
+    result = generate_large_image(compat_pipe, grid, out=out, **kwargs)
+    assert result.settings["coarse"]["rows"] == COARSE_BANDS and len(result.settings["cascade"]) == 2
+    assert result.metrics["coarse"]["bands"] == 2 * COARSE_BANDS  # 2 steps
+    return result
+
+
+def test_a_coarse_stage_killed_mid_step_resumes_from_its_last_finished_band(
+    compat_pipe, coarse_uninterrupted, tmp_path
+):
+    """Killed after the first band of the coarse canvas' last step: the rerun computes only the other band
+    of that step (its window contexts are not recomputed), then the cascade, and the image is bitwise the
+    uninterrupted one."""
+    out = tmp_path / "killed.png"
+    done_dir = tmp_path / ".killed.png.resume" / "coarse.zarr" / "done" / "00001"
+    child = subprocess.Popen(
+        [sys.executable, str(WORKER), str(out), "--coarse", "--slow", "0.5"],
+        env=_env(),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            if done_dir.is_dir() and len(os.listdir(done_dir)) == 1:
+                break
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    finished = set(os.listdir(done_dir))
+    assert len(finished) == 1 and not out.exists(), finished
+
+    from zoomldm.sampling import coarse_bands
+
+    computed: list[tuple[int, int]] = []
+    contexts: list[int] = []
+    mark, row_contexts = canvas_module.TileCanvas.mark_done, coarse_bands._window_row_contexts
+
+    def counting(self, step: int, block: int) -> None:
+        if self.folder is not None and self.folder.name == "coarse.zarr":
+            computed.append((step, block))
+        mark(self, step, block)
+
+    grid, kwargs = worker.coarse_request()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(canvas_module.TileCanvas, "mark_done", counting)
+        mp.setattr(coarse_bands, "_window_row_contexts", lambda *a: contexts.append(a[3]) or row_contexts(*a))
+        resumed = generate_large_image(compat_pipe, grid, out=out, **kwargs)
+    assert computed == [(1, b) for b in range(COARSE_BANDS) if str(b) not in finished]
+    assert contexts == []  # the window contexts were all written before the first step
+    np.testing.assert_array_equal(resumed.image, coarse_uninterrupted.image)
+    assert not out.with_name(".killed.png.resume").exists()
+
+
+def test_two_processes_give_the_cascade_of_one(coarse_uninterrupted, tmp_path):
+    """Two gloo processes: the coarse canvas' window rows and bands, then each stage's blocks, split over
+    the ranks; the image is bitwise that of one process."""
+    out = tmp_path / "ranks.png"
+    port = str(_free_port())
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(out), "--coarse"],
+            env=_env(RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stderr=subprocess.PIPE,
+        )
+        for r in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1].decode() for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), coarse_uninterrupted.image)
+    # each rank sampled its own share: one coarse band of each of the 2 steps, and blocks of both stages
+    # (stage 1: 1 block, stage 2: 2 blocks, 2 steps each: 6 in all)
+    reports = [e.strip().splitlines()[-1].split() for e in errors]
+    assert [int(r[5]) for r in reports] == [2, 2], reports
+    assert sum(int(r[1]) for r in reports) == 6 and min(int(r[1]) for r in reports) >= 2, reports
+    assert not out.with_name(".ranks.png.resume").exists()
+
+
+def test_a_grid_file_is_read_by_box_and_gives_the_same_image(compat_pipe, coarse_uninterrupted, tmp_path):
+    """The reference as a .npy file (what ``--reference grid.npy`` gives): the coarse canvas reads it by
+    window row and the stages by block, and the image is bitwise the in-memory grid's."""
+    from zoomldm.io import grids
+
+    grid, kwargs = worker.coarse_request()
+    path = tmp_path / "grid.npy"
+    np.save(path, grid.numpy())
+    boxes: list[int] = []
+    read = grids.SSLGridFile.__getitem__
+
+    def recording(self, key):
+        box = read(self, key)
+        boxes.append(box.numel())
+        return box
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grids, "SCAN_BYTES", 2**20)  # the validation and digest scans: bands of 1 MiB
+        mp.setattr(grids.SSLGridFile, "__getitem__", recording)
+        result = compat_pipe.generate_large(path, out=tmp_path / "file.png", **kwargs)
+    np.testing.assert_array_equal(result.image, coarse_uninterrupted.image)
+    assert (
+        result.settings["reference"]["sha256_16"] == coarse_uninterrupted.settings["reference"]["sha256_16"]
+    )
+    # by box: the coarse canvas' 5 window rows once each (contexts computed before the first step: each row
+    # of a 2-patch-wide canvas spans half the grid), stage 2's 2 blocks in each of 2 steps (1/16 of the grid
+    # each), stage 1's single block of 4 × 4 tiles (the whole 256² stage) in each step, and the checks'
+    # scans by 1 MiB bands
+    n = grid.numel()
+    assert boxes.count(n // 2) == 5 and boxes.count(n // 16) == 4 and boxes.count(n) == 2, sorted(boxes)
+    assert len(boxes) == 5 + 4 + 2 + boxes.count(2**20 // 4), sorted(boxes)

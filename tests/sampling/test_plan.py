@@ -129,15 +129,27 @@ def test_generate_past_one_guide_patch_plans_a_coarse_canvas(tmp_path):
     text = "\n".join(plan.lines())
     assert "scale cascade: noise → 0.15625x → 1.25x → 20x" in text
     assert "coarse canvas: 0.15625x, 1024×1024 px = 16 patches" in text
-    # the reference grid covers the whole request: 512² base tiles of 1024 channels
+    # the reference grid covers the whole request (512² base tiles of 1024 channels, 1 GiB) and stays in its
+    # file: the largest read is one coarse window's 128² base tiles
     grid = next(t for t in plan.host_terms if t.name == "SSL grid of the request")
-    assert grid.bytes == 1024 * 512 * 512 * 4
-    guide = next(t for t in plan.host_terms if t.name.startswith("coarse canvas"))
-    assert guide.bytes == 1024 * 1024 * 3  # the decoded canvas, uint8, kept as the fixed guide
+    assert grid.bytes == 1024 * 128 * 128 * 4 and "read by block" in grid.note
+    # the decoded canvas (1024²) guides stage 1 from disk; stage 2's guide (8192²) is not returned whole
+    guide = next(t for t in plan.host_terms if t.name == "guide image returned")
+    assert guide.bytes == 0
+    disk = next(t for t in plan.disk_terms if t.name == "coarse canvas")
+    L, D = 64, 512  # brca: 64² latent tiles, 512-wide contexts
+    assert disk.bytes == 2 * 3 * (4 * L) ** 2 * 4 + 169 * 65 * D * 4 + 1024 * 1024 * 3
     from zoomldm.sampling.coarse import coarse_canvas_cost
 
-    cost = coarse_canvas_cost(plan_module._ConfigPipe(plan_module.model_spec("brca").config), 4, 4)
-    assert 36 < cost.buffers_mib < 37  # docs: ≈ 36 MiB in memory for the whole coarse stage (169 contexts)
+    cfg = plan_module.model_spec("brca").config
+    cost = coarse_canvas_cost(plan_module._ConfigPipe(cfg), 4, 4, level=coarse_level_of(cfg))
+    # O(width) buffers: 14 bands of 3 × 64 × 256 latents, two window rows of 13 contexts, one window's grid read
+    assert cost.buffers_mib * 2**20 == 14 * 3 * 64 * 256 * 4 + 2 * 13 * 65 * D * 4 + 1024 * 128 * 128 * 4
+
+
+def coarse_level_of(cfg):
+    pipe = plan_module._ConfigPipe(cfg)
+    return pipe.scales[-1]
 
 
 def test_coarse_canvas_needs_a_reference_and_whole_patches():
@@ -281,3 +293,50 @@ def test_a_generated_tiff_is_20x_at_half_a_micron_and_opens_in_the_viewer(compat
     with serve(out, port=0) as server:
         with urllib.request.urlopen(server.url + "info.json", timeout=30) as response:
             assert b'"mpp": 0.5' in response.read()
+
+
+def test_cuda_time_says_assumed_until_the_gpu_rows_are_measured(monkeypatch):
+    """The CUDA estimate uses the assumed share of the matmul rate and says so, until a measured GPU row
+    (benchmarks/RESULTS.md, gpu_check.sh gigapixel) is entered in MEASURED_GPU_UTILISATION."""
+    from zoomldm.sampling.plan import timing
+
+    monkeypatch.setattr(timing, "matmul_rate", lambda device, dtype: 500e12)
+    monkeypatch.setattr(timing, "_device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    stage = plan_module.StagePlan(
+        "s", "1.25x", "20x", 16, 4096, 4096, 256, (4, 4), 16, 16, 20, 10, 20, "x", 0, 0
+    )
+    stage.flops = 1e15
+    seconds, source = timing._estimate_time([stage], "cuda", "bfloat16", True)
+    assert "assumed" in source and seconds == pytest.approx(1e15 / (500e12 * 0.35))
+    monkeypatch.setattr(timing, "MEASURED_GPU_UTILISATION", {"H100": (0.5, "measured: RESULTS.md, test")})
+    seconds, source = timing._estimate_time([stage], "cuda", "bfloat16", True)
+    assert "measured" in source and "assumed" not in source and seconds == pytest.approx(1e15 / 250e12)
+    assert timing.utilisation("cpu")[1].startswith("measured")
+
+
+def test_a_refusal_names_the_largest_term_and_the_option_that_shrinks_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_module, "available_host_bytes", lambda: 2**20)
+    plan = plan_large("brca", size=4096, out=tmp_path / "x.tif", calibrate=False, tile_batch=64)
+    (line,) = plan.shortfalls
+    assert "not enough host memory" in line and "largest term is 'sampling: one block in flight'" in line
+    assert "lower --tile-batch (tiles per block, 64 now)" in line
+    monkeypatch.setattr(plan_module, "available_disk_bytes", lambda folder: 2**20)
+    plan = plan_large("brca", size=131072, out=tmp_path / "x.tif", calibrate=False)
+    disk = next(line for line in plan.shortfalls if "not enough disk" in line)
+    assert "largest term is 'post-processing sums + counts'" in disk and "--no-postprocess" in disk
+    assert f"under {tmp_path}" in disk and "--out to a larger disk" in disk
+
+
+def test_compat_model_plans_131072_within_2x_of_8192(compat_dir, tmp_path):
+    """The small test model's 64² patches reach 1.25x in two scale pairs: 131072² is a 128 × 128-patch
+    coarse canvas (259,081 windows) whose buffers are one window row and its bands — the plan stays within
+    2× of 8192² (a 8 × 8 canvas), every term named."""
+    compat = dict(
+        model=str(compat_dir / "small_checkpoint.ckpt"), config=str(compat_dir / "small_config.yaml")
+    )
+    small = plan_large(size=8192, out=tmp_path / "a.tif", calibrate=False, **compat)
+    large = plan_large(size=131072, out=tmp_path / "b.tif", calibrate=False, **compat)
+    assert [s.name for s in large.stages][0] == "coarse canvas" and large.stages[0].tiles == 128 * 128
+    assert large.peak_host_bytes <= 2 * small.peak_host_bytes, (large.lines(), small.lines())
+    assert all(t.name for t in large.host_terms + large.disk_terms)
+    assert any(t.name == "coarse canvas" and t.bytes > 4 * 2**30 for t in large.disk_terms)

@@ -24,33 +24,29 @@ generated from pure noise by sliding-window joint denoising (MultiDiffusion, Bar
   batch or the window order, and a 1 × 1 canvas **is** the one-patch guide of joint sampling (same noise,
   same context, same arithmetic: bitwise).
 
-The canvas is decoded (the official sliding-window VQ decode, :func:`.decode.decode_large`) and serves as
-the *fixed* guide of the next cascade stage, as a super-resolution input does. The coarse stage is always
-small — a 131072² image at 20x is 1024² px at 0.15625x, 4 × 4 patches, a ``[3, 256, 256]`` latent — so it
-lives in memory: the canvas, its ε sums, the ``(4·rows − 3)(4·cols − 3)`` window contexts and the
-decoded pixels take ``O(rows · cols)`` small buffers (≈ 36 MiB for 4 × 4 with the brca model). It has no
-resume state: it is a tiny part of the run (169 windows × 20 steps at 131072²).
+The canvas is decoded (the official sliding-window VQ decode, :func:`.decode.decode_large_to`) and serves
+as the *fixed* guide of the next cascade stage, as a super-resolution input does. It runs out of core
+(:mod:`.coarse_bands`): latents, window contexts and decoded pixels live in a zarr group of the run's
+state, the sampler holds one window row and the bands it overlaps (O(width)), a crashed run resumes from
+its last finished band, and the bands are sharded over the processes of a multi-GPU launch. The coarse
+level is the coarsest one that two scale pairs reach from the target (:func:`.stages.coarse_level`):
+0.15625x for 20x with 256² patches, 1.25x with the 64² patches of the small test model.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..conditioning import prepare_grid
 from ..errors import ConfigError, InputError
-from ..progress import make_progress, progress_enabled
 from ..scales import Magnification
-from .conditions import summarize, window_grids
+from .coarse_bands import grid_read_bytes, run_coarse_canvas
 from .decode import DecodeConfig, decode_large, window_starts
-from .guidance import guided_eps
 from .levels import require_level
 from .newton import JointSamplingConfig
-from .noise import keyed_normal
-from .strided import predict_x0, strided_steps, strided_update
 
 __all__ = [
     "CoarseCost",
@@ -90,10 +86,17 @@ def coarse_canvas_needed(
     return n, n
 
 
+#: band-sized ``[C, L, W]`` float32 tensors alive in the band sampler (:mod:`.coarse_bands`): the ε sums of
+#: two bands, the latents of three and their concatenation (two), a finished band's ε, x̂0, noise, update
+#: and its CPU copy (five), the noise generator's tile row and its slice (two)
+COARSE_BAND_COPIES = 14
+
+
 @dataclass(frozen=True)
 class CoarseCost:
     """Work of the coarse stage: windows, UNet rows (cond and uncond count separately), VQ decoder passes
-    (one per decode window), canvas latent shape and peak host memory of its buffers (MiB)."""
+    (one per decode window), canvas latent shape; its peak host memory (MiB: the band sampler's buffers,
+    without the networks' activations) and its disk (bytes: latents, contexts, pixels)."""
 
     windows: int
     steps: int
@@ -101,6 +104,8 @@ class CoarseCost:
     vq_passes: int
     latent_shape: tuple[int, int, int]
     buffers_mib: float
+    disk_bytes: int = 0
+    window_grid: tuple[int, int] = (0, 0)
 
 
 def coarse_window_stride(pipe, window_stride: int | None = None) -> int:
@@ -125,8 +130,11 @@ def coarse_canvas_cost(
     config: JointSamplingConfig | None = None,
     decode: DecodeConfig | None = None,
     window_stride: int | None = None,
+    level: Magnification | None = None,
+    window_batch: int = 8,
 ) -> CoarseCost:
-    """What :func:`generate_coarse_canvas` + :func:`decode_coarse_canvas` cost (no model work)."""
+    """What the coarse stage costs (no model work): its work, the band sampler's host buffers and its disk
+    (:mod:`.coarse_bands`); ``level`` (the canvas' magnification) sizes the grid box a window chunk reads."""
     config = config or JointSamplingConfig()
     decode = decode or _decode_config(pipe)
     L, C = pipe.config.latent_size, pipe.unet.config.in_channels
@@ -136,11 +144,18 @@ def coarse_canvas_cost(
     dec = len(window_starts(rows * L, decode.window, decode.stride)) * len(
         window_starts(cols * L, decode.window, decode.stride)
     )
-    canvas = C * rows * L * cols * L * 4
-    contexts = n * 65 * pipe.config.context_dim * 4
-    pixels = rows * cols * pipe.config.image_size**2 * 3 * 4
+    D, g = pipe.config.context_dim, (level.grid_size if level is not None else 1)
+    stride = coarse_window_stride(pipe, window_stride)
+    n_wy = len(window_starts(rows * L, L, stride))
+    n_wx = len(window_starts(cols * L, L, stride))
+    band = C * L * cols * L * 4
+    context_row = n_wx * 65 * D * 4
+    step_tiles = max(g * stride // L, 1)
+    grid_box = grid_read_bytes(pipe.config.ssl_channels, g, step_tiles, min(window_batch, n_wx))
+    host = COARSE_BAND_COPIES * band + 2 * context_row + grid_box
+    disk = 2 * C * rows * L * cols * L * 4 + n * 65 * D * 4 + rows * cols * pipe.config.image_size**2 * 3
     return CoarseCost(
-        n, steps, n * steps * per_row, dec, (C, rows * L, cols * L), (4 * canvas + contexts + pixels) / 2**20
+        n, steps, n * steps * per_row, dec, (C, rows * L, cols * L), host / 2**20, disk, (n_wy, n_wx)
     )
 
 
@@ -159,27 +174,6 @@ def check_coarse_grid(pipe, grid: torch.Tensor, mag: Magnification, rows: int, c
         )
 
 
-def _window_contexts(pipe, grid: torch.Tensor, mag: Magnification, positions: torch.Tensor) -> torch.Tensor:
-    """Contexts ``[N, 65, D]``: each window's ``g × g`` region of the grid, prepared as the guide's."""
-    L, g = pipe.config.latent_size, mag.grid_size
-    grids = []
-    for y, x in positions.tolist():
-        if (y * g) % L == 0 and (x * g) % L == 0:
-            r, c = y * g // L, x * g // L
-            grids.append(prepare_grid(grid[:, r : r + g, c : c + g]))
-        else:  # half a base tile (odd g): interpolated as the post-processing windows
-            grids.append(window_grids(grid, torch.tensor([[y, x]]), L, mag)[0])
-    return summarize(pipe, grids, mag)
-
-
-def _tile_noise(shape, seed: int, stream: str, rows: int, cols: int, step: int) -> torch.Tensor:
-    """``[1, C, rows·L, cols·L]``: patch ``(r, c)`` keyed by id ``r·cols + c`` and ``step``."""
-    C, L = shape
-    ids = list(range(rows * cols))
-    noise = keyed_normal((C, L, L), seed, stream, ids, step)
-    return noise.reshape(rows, cols, C, L, L).permute(2, 0, 3, 1, 4).reshape(1, C, rows * L, cols * L)
-
-
 def generate_coarse_canvas(
     pipe,
     magnification: Magnification,
@@ -192,6 +186,9 @@ def generate_coarse_canvas(
     window_batch: int = 8,
     window_stride: int | None = None,
     progress: bool = True,
+    folder: Path | None = None,
+    fingerprint: str = "",
+    fresh: bool = True,
 ) -> torch.Tensor:
     """Sample a ``rows × cols``-patch latent canvas ``[C, rows·L, cols·L]`` (float32, CPU) at
     ``magnification`` by sliding-window joint denoising (see the module docstring).
@@ -208,6 +205,12 @@ def generate_coarse_canvas(
         window_stride: in latent px (default ``L/4``); ``L`` tiles the canvas without overlap, i.e. samples
             the patches independently (the baseline of the seam test).
         progress: progress bar.
+        folder, fingerprint, fresh: where the canvas' zarr state lives (None: in memory) and whether a
+            state there made with the same ``fingerprint`` is continued (:mod:`.coarse_bands`; the
+            gigapixel path runs :func:`.coarse_bands.run_coarse_canvas` itself, with the decode).
+
+    The whole latent is returned (O(canvas)): for canvases of any size use
+    :func:`.coarse_bands.run_coarse_canvas`, which leaves it in its zarr group.
     """
     config = config or JointSamplingConfig()
     mag = require_level(pipe, magnification, "coarse magnification")
@@ -216,35 +219,25 @@ def generate_coarse_canvas(
     if window_batch < 1:
         raise ConfigError(f"window_batch must be >= 1; got {window_batch}")
     check_coarse_grid(pipe, grid, mag, rows, cols)
-    L, C, device = pipe.config.latent_size, pipe.unet.config.in_channels, pipe.device
-    positions = coarse_windows(pipe, rows, cols, window_stride)
-    count = torch.zeros(1, 1, rows * L, cols * L, device=device)
-    for y, x in positions.tolist():
-        count[..., y : y + L, x : x + L] += 1
-    steps = strided_steps(pipe.config.schedule, config.t0, config.stride)
-    s_guid = config.guidance_w + 1.0
-    order = positions.tolist()
-    bar = make_progress() if progress_enabled(progress) else None
-    with bar if bar is not None else contextlib.nullcontext(), torch.no_grad():
-        contexts = _window_contexts(pipe, grid, mag, positions).to(device=device, dtype=torch.float32)
-        task = bar.add_task(f"coarse canvas {rows}×{cols}: steps", total=len(steps)) if bar else None
-        x = _tile_noise((C, L), seed, "guide_init", rows, cols, 0).to(device)
-        for step in steps:
-            t = torch.tensor(float(step.t), device=device)  # float t, as the guide patch's ε
-            eps_sum = torch.zeros_like(x)
-            for i in range(0, len(order), window_batch):
-                batch = order[i : i + window_batch]
-                xw = torch.cat([x[..., y : y + L, xx : xx + L] for y, xx in batch])
-                e = guided_eps(pipe.unet, xw, t, contexts[i : i + len(batch)], s_guid)
-                for (y, xx), ew in zip(batch, e, strict=True):  # fixed (row-major) summation order
-                    eps_sum[0, :, y : y + L, xx : xx + L] += ew
-            eps = eps_sum / count
-            x0 = predict_x0(x, eps, step)
-            xi = _tile_noise((C, L), seed, "guide_step", rows, cols, step.index).to(device)
-            x = strided_update(x0, eps, xi, step, config.variance_preserving_update)
-            if bar:
-                bar.advance(task)
-    return x[0].float().cpu()
+    stride = coarse_window_stride(pipe, window_stride)
+    coarse_windows(pipe, 1, 1, stride)  # validates the stride
+    run = run_coarse_canvas(
+        pipe,
+        mag,
+        grid,
+        rows,
+        cols,
+        folder=folder,
+        fingerprint=fingerprint,
+        fresh=fresh,
+        seed=seed,
+        config=config,
+        window_batch=window_batch,
+        window_stride=stride,
+        decode=None,
+        progress=progress,
+    )
+    return torch.from_numpy(np.asarray(run.latent[:, :, :])).float()
 
 
 def _decode_config(pipe) -> DecodeConfig:

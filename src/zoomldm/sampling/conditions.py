@@ -52,11 +52,17 @@ def tile_grids(
     """Prepared ``g × g`` grids (pooled ≤ 8×8, standardised) of the target tiles ``tile_ids`` (row-major
     indices in a canvas ``tiles_per_row`` tiles wide)."""
     g = target.grid_size
-    out = []
-    for tid in tile_ids:
-        r, c = divmod(int(tid), tiles_per_row)
-        out.append(prepare_grid(base_grid[:, r * g : (r + 1) * g, c * g : (c + 1) * g]))
-    return out
+    rc = [divmod(int(tid), tiles_per_row) for tid in tile_ids]
+    if not rc:
+        return []
+    # one read of the tiles' bounding box (a block's grid), then each tile's part of it: a grid read from
+    # disk by block (io/grids.py) is opened once per block, not once per tile
+    r0, c0 = min(r for r, _ in rc), min(c for _, c in rc)
+    r1, c1 = max(r for r, _ in rc) + 1, max(c for _, c in rc) + 1
+    box = base_grid[:, r0 * g : r1 * g, c0 * g : c1 * g]
+    return [
+        prepare_grid(box[:, (r - r0) * g : (r - r0 + 1) * g, (c - c0) * g : (c - c0 + 1) * g]) for r, c in rc
+    ]
 
 
 def tile_contexts(
@@ -119,15 +125,25 @@ def window_grids(
     if tile_latent % g:
         raise ConfigError(f"a {tile_latent}-px latent tile cannot hold a {g}×{g} grid")
     u = tile_latent // g
-    grid = torch.nn.functional.pad(base_grid.float()[None], (0, 1, 0, 1), mode="replicate")[0]
-    tokens = grid.permute(1, 2, 0)  # [H+1, W+1, C]
+    H, W = (int(v) for v in base_grid.shape[-2:])
     pos = positions.to(torch.float64)
     offs = torch.arange(g, dtype=torch.float64)
     rows = pos[:, 0:1] / u + offs[None, :]  # [N, g] base-tile row coordinate of each token row
     cols = pos[:, 1:2] / u + offs[None, :]
     r0, c0 = rows.floor(), cols.floor()
     tr, tc = rows - r0, cols - c0
-    r0, c0 = r0.long().clamp(max=grid.shape[1] - 2), c0.long().clamp(max=grid.shape[2] - 2)
+    # in the grid replicate-padded by one at the bottom and right ([H+1, W+1]): the last cell pairs
+    # with the padding row / column
+    r0, c0 = r0.long().clamp(max=H - 1), c0.long().clamp(max=W - 1)
+    # only the box the windows read, padded where it reaches the padding (the same tokens as padding the
+    # whole grid; a grid on disk is read over the box alone)
+    top, left = int(r0.min()), int(c0.min())
+    bottom, right = int(r0.max()) + 2, int(c0.max()) + 2
+    box = base_grid[:, top : min(bottom, H), left : min(right, W)].float()
+    pad = (0, right - min(right, W), 0, bottom - min(bottom, H))
+    grid = torch.nn.functional.pad(box[None], pad, mode="replicate")[0] if any(pad) else box
+    tokens = grid.permute(1, 2, 0)  # [bottom − top, right − left, C]
+    r0, c0 = r0 - top, c0 - left
     R, Cc = r0[:, :, None].expand(-1, g, g), c0[:, None, :].expand(-1, g, g)  # [N, g, g]
     TR, TC = tr[:, :, None].expand(-1, g, g), tc[:, None, :].expand(-1, g, g)
     top = slerp(tokens[R, Cc], tokens[R, Cc + 1], TC, dot_threshold)

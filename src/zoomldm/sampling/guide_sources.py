@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..io.grids import is_lazy_grid, materialize_grid
 from ..models.cdm import check_cdm_fits
 from ..scales import Magnification
 from .coarse import check_coarse_grid
@@ -18,7 +19,7 @@ from .stages import CoarseRequest, LargeImagePlan
 
 def check_reference_grid(pipe, grid: torch.Tensor, plan: LargeImagePlan) -> torch.Tensor:
     """The reference must be the unpooled base grid of exactly the guide's field of view."""
-    if not isinstance(grid, torch.Tensor) or grid.dim() != 3:
+    if not (isinstance(grid, torch.Tensor) or is_lazy_grid(grid)) or grid.dim() != 3:
         raise InputError(f"the reference must be an SSL grid [C, h, w]; got {getattr(grid, 'shape', grid)}")
     channels = pipe.config.ssl_channels
     if grid.shape[0] != channels:
@@ -34,7 +35,7 @@ def check_reference_grid(pipe, grid: torch.Tensor, plan: LargeImagePlan) -> torc
             f"a {plan.guide} guide covers {side}×{side} base tiles ({side * plan.tile_px}² px at "
             f"{pipe.scales[0]}); the reference grid is {h}×{w}{hint}"
         )
-    return grid.float().cpu()
+    return materialize_grid(grid)  # one guide's field of view: small
 
 
 def check_reference(
@@ -53,12 +54,12 @@ def check_reference(
                 f"or an image embedded with --encoder): the coarse canvas of {coarse_req.rows}×"
                 f"{coarse_req.cols} {coarse_req.level} patches is conditioned on it"
             )
-        if not isinstance(reference, torch.Tensor) or reference.dim() != 3:
+        if not (isinstance(reference, torch.Tensor) or is_lazy_grid(reference)) or reference.dim() != 3:
             raise InputError(
                 f"the reference must be an SSL grid [C, h, w]; got {getattr(reference, 'shape', reference)}"
             )
         check_coarse_grid(pipe, reference, coarse_req.level, coarse_req.rows, coarse_req.cols)
-        return reference.float().cpu()
+        return reference if is_lazy_grid(reference) else reference.float().cpu()  # a grid file stays on disk
     elif reference is not None:
         return check_reference_grid(pipe, reference, stages[0])
     elif cdm is None:

@@ -33,14 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..io.grids import grid_digest
 from ..scales import Magnification
 from .blocks import block_cover, canvas_layout
 from .canvas import TileCanvas, pixel_array
-from .coarse import coarse_window_stride, decode_coarse_canvas, generate_coarse_canvas
+from .coarse import coarse_window_stride
+from .coarse_bands import run_coarse_canvas
 from .conditions import guide_context, tile_contexts
 from .constrained import ConstrainedResult, JointSamplingConfig, resolve_tile_batch, sample_canvas
 from .decode import DecodeConfig
@@ -55,7 +56,14 @@ from .inversion import InversionConfig
 from .noise import keyed_normal
 from .output import MAX_IN_MEMORY_PIXELS, RunState, check_output_path, to_uint8_image, write_canvas
 from .postprocess import PostprocessConfig, postprocess_canvas
-from .results import LargeImageResult, _finite, _grid_digest, _result_metrics, base_settings, finish_outputs
+from .results import (
+    LargeImageResult,
+    _finite,
+    _result_metrics,
+    base_settings,
+    finish_outputs,
+    guide_for_result,
+)
 from .stages import (
     CoarseRequest,
     LargeImagePlan,
@@ -77,6 +85,15 @@ __all__ = [
     "coarse_request",
     "render_large",
 ]
+
+
+#: windows per UNet call of the coarse canvas (a window row is cut in chunks of this many)
+COARSE_WINDOW_BATCH = 8
+
+
+def coarse_decode_config(pipe) -> DecodeConfig:
+    """The coarse canvas' decode: the official one (:func:`default_decode_config`)."""
+    return default_decode_config(pipe)
 
 
 def default_decode_config(pipe) -> DecodeConfig:
@@ -173,7 +190,7 @@ def render_large(
         barrier()
         pixels = canvas.root["pixels"] if keep_pixels else None
         metrics = _result_metrics(result, computed, {}, seconds)
-        return LargeImageResult(None, None, np.asarray(guide_u8[:]), None, metrics, settings, pixels)
+        return LargeImageResult(None, None, guide_for_result(guide_u8), None, metrics, settings, pixels)
     canvas_latent: Any = view.to_tensor() if small else view
 
     # 4. post-processing (out of core: row bands of the zarr canvas into a zarr result; resumable per step)
@@ -224,7 +241,7 @@ def render_large(
     latent = None
     if small:
         latent = canvas_latent if isinstance(canvas_latent, torch.Tensor) else canvas_latent.to_tensor()
-    return LargeImageResult(image, out, np.asarray(guide_u8[:]), latent, metrics, settings, pixels)
+    return LargeImageResult(image, out, guide_for_result(guide_u8), latent, metrics, settings, pixels)
 
 
 def generate_large_image(
@@ -306,7 +323,7 @@ def generate_large_image(
             "window_stride": coarse_window_stride(pipe),
         }
     if reference is not None:
-        parts["reference"] = {"kind": "ssl grid", "shape": list(grid.shape), "sha256_16": _grid_digest(grid)}
+        parts["reference"] = {"kind": "ssl grid", "shape": list(grid.shape), "sha256_16": grid_digest(grid)}
     else:
         parts.update(inversion=inversion, reference={"kind": "cdm", "guide_steps": guide_steps})
     settings = base_settings(pipe, plan, seed, **parts)
@@ -326,18 +343,32 @@ def generate_large_image(
     # 2. conditions of the (first) guide: the reference's pooled grid, a coarse canvas sampled under the
     #    reference (past one guide patch), or a CDM-generated guide patch
     coarse_pixels = None
-    if coarse_req is not None:
-        latent = generate_coarse_canvas(
+    coarse_metrics = None
+    if coarse_req is not None:  # out of core, resumable by band, sharded (.coarse_bands)
+        ensure_process_group(pipe.device)
+        coarse_run = run_coarse_canvas(
             pipe,
             coarse_req.level,
             grid,
             coarse_req.rows,
             coarse_req.cols,
+            folder=state.canvas_dir("coarse"),
+            fingerprint=state.fingerprint,
+            fresh=not state.resume,
             seed=seed,
             config=config,
+            window_batch=COARSE_WINDOW_BATCH,
+            window_stride=coarse_window_stride(pipe),
+            decode=coarse_decode_config(pipe),
             progress=progress,
         )
-        coarse_pixels = decode_coarse_canvas(pipe, latent, progress=progress)
+        coarse_pixels = coarse_run.pixels  # uint8 zarr, read per block footprint by the next stage
+        coarse_metrics = {
+            "unet_forwards": coarse_run.unet_rows,
+            "window_rows": coarse_run.window_rows,
+            "bands": coarse_run.bands,
+            "seconds": coarse_run.seconds,
+        }
         first_guide: SampledGuide | FixedGuide = FixedGuide(coarse_pixels)
     elif reference is not None:
         first_guide = SampledGuide(
@@ -361,6 +392,8 @@ def generate_large_image(
             guide_uint8=coarse_pixels,
             **common,
         )
+        if coarse_metrics is not None:
+            result.metrics["coarse"] = coarse_metrics
         return finish_outputs(result, state)
     coarse = render_large(
         pipe,
@@ -385,4 +418,6 @@ def generate_large_image(
         **common,
     )
     result.metrics["stage1"] = coarse.metrics
+    if coarse_metrics is not None:
+        result.metrics["coarse"] = coarse_metrics
     return finish_outputs(result, state, {"guide_top": coarse.guide_image})

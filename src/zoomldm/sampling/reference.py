@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.grids import SSLGridFile, check_lazy_grid, is_lazy_grid
 from ..io.images import read_image  # noqa: F401 (the readers of image inputs live with the formats)
 from ..models.ssl import build_ssl_encoder, default_encoder  # noqa: F401 (re-exported: the encoder rule)
 from ..scales import Magnification
@@ -44,9 +45,11 @@ def check_grid(grid: Any, channels: int, what: str = "reference grid") -> torch.
     return grid
 
 
-def read_reference(reference: Any, channels: int) -> torch.Tensor | np.ndarray:
-    """The reference as given, without model work: an SSL grid (float ``[C, h, w]`` tensor) or a uint8
-    ``[H, W, 3]`` image still to be embedded. Paths ending in .npy/.pt/.pth/.safetensors are grids."""
+def read_reference(reference: Any, channels: int) -> torch.Tensor | np.ndarray | SSLGridFile:
+    """The reference as given, without model work: an SSL grid (float ``[C, h, w]`` tensor, or a ``[C, h,
+    w]`` .npy / .safetensors file kept on disk and read by block: :class:`~zoomldm.io.grids.SSLGridFile`)
+    or a uint8 ``[H, W, 3]`` image still to be embedded. Paths ending in .npy/.pt/.pth/.safetensors are
+    grids."""
     from ..conditioning import load_ssl_grid
 
     if isinstance(reference, str | Path):
@@ -56,6 +59,9 @@ def read_reference(reference: Any, channels: int) -> torch.Tensor | np.ndarray:
                 f"{path}: reference not found (give an image of the region or its SSL grid file)"
             )
         if path.suffix.lower() in GRID_SUFFIXES:
+            lazy = SSLGridFile.open(path)  # [C, h, w] .npy / .safetensors: read by block, never whole
+            if lazy is not None:
+                return check_lazy_grid(lazy, channels, path.name)
             return check_grid(load_ssl_grid(path, channels=channels), channels, path.name)
         return read_image(path, what=path.name)
     if isinstance(reference, torch.Tensor) or (
@@ -67,7 +73,8 @@ def read_reference(reference: Any, channels: int) -> torch.Tensor | np.ndarray:
 
 def reference_side(reference: torch.Tensor | np.ndarray, tile: int) -> int | None:
     """Base tiles per side of a square reference (None when not square or not whole tiles)."""
-    h, w = reference.shape[1:] if isinstance(reference, torch.Tensor) else reference.shape[:2]
+    grid = isinstance(reference, torch.Tensor) or is_lazy_grid(reference)
+    h, w = reference.shape[1:] if grid else reference.shape[:2]
     if isinstance(reference, np.ndarray):
         if h % tile or w % tile:
             return None

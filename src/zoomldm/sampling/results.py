@@ -26,7 +26,9 @@ class LargeImageResult:
     Attributes:
         image: uint8 ``[H, W, 3]`` (None for outputs too large to keep in memory; see ``path``).
         path: the written PNG / pyramidal TIFF (None when no ``out`` was given).
-        guide_image: uint8 guide (joint sampling) or low-resolution input (super-resolution).
+        guide_image: uint8 guide (joint sampling) or low-resolution input (super-resolution); None for a
+            guide larger than :data:`MAX_GUIDE_IN_MEMORY` pixels (a cascade stage or coarse canvas of a
+            gigapixel request: it stays on disk, and is written beside the output as ``<stem>_guide.tif``).
         latent: final latent canvas ``[C, H/f, W/f]`` (CPU); None above ``MAX_IN_MEMORY_PIXELS`` (the
             canvas then lives only in the run's state folder until the output is complete).
         metrics: ``tiles`` (each tile's own decode before post-processing) and ``output`` (the final image)
@@ -37,11 +39,30 @@ class LargeImageResult:
 
     image: np.ndarray | None
     path: Path | None
-    guide_image: np.ndarray
+    guide_image: np.ndarray | None
     latent: torch.Tensor | None
     metrics: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     pixels: Any = field(default=None, repr=False)
+
+
+#: guides up to this many pixels are returned and written as ``<stem>_guide.png`` (a 4096² RGB image is
+#: 48 MiB); larger ones (zarr arrays of the run's state) are streamed to ``<stem>_guide.tif``
+MAX_GUIDE_IN_MEMORY = 4096 * 4096
+
+
+#: rows of an on-disk guide read at a time when it is written as a TIFF (one tile row of the writer)
+GUIDE_BAND_ROWS = 256
+
+
+def guide_for_result(guide: Any) -> Any:
+    """The guide as a result keeps it: a numpy array when it fits :data:`MAX_GUIDE_IN_MEMORY`, else the
+    on-disk (zarr) array itself, read band by band by :func:`finish_outputs` and then dropped."""
+    if isinstance(guide, np.ndarray):
+        return guide
+    if int(guide.shape[0]) * int(guide.shape[1]) <= MAX_GUIDE_IN_MEMORY:
+        return np.asarray(guide[:])
+    return guide
 
 
 def _result_metrics(result: ConstrainedResult, computed: list[int], output: dict, seconds: dict) -> dict:
@@ -73,11 +94,13 @@ def finish_outputs(
     result.settings = json.loads(json.dumps(result.settings, default=str))
     result.metrics = json.loads(json.dumps(result.metrics, default=str))
     result.pixels = None  # it lived in the state folder, removed now
-    if rank_world()[0] != 0:  # rank 0 writes the files and removes the state
-        return result
-    if result.path is not None:
-        _write_sidecars(result.path, result.guide_image, result.metrics, result.settings, extra_images or {})
-    state.clear()
+    extra = extra_images or {}
+    if rank_world()[0] == 0:  # rank 0 writes the files and removes the state
+        if result.path is not None:
+            _write_sidecars(result.path, result.guide_image, result.metrics, result.settings, extra)
+        state.clear()
+    if not isinstance(result.guide_image, np.ndarray):
+        result.guide_image = None  # an on-disk guide lived in the state folder (written as <stem>_guide.tif)
     return result
 
 
@@ -85,13 +108,27 @@ def _write_sidecars(out: Path, guide: np.ndarray, metrics: dict, settings: dict,
     from ..io.images import save_png
 
     stem = out.name.split(".")[0]
-    save_png(out.with_name(f"{stem}_guide.png"), guide, {"role": "guide", **_flat(settings)})
-    for name, image in extra.items():
-        save_png(out.with_name(f"{stem}_{name}.png"), image, {"role": name, **_flat(settings)})
+    for name, image in {"guide": guide, **extra}.items():
+        if image is None:
+            continue
+        meta = {"role": name, **_flat(settings)}
+        if isinstance(image, np.ndarray):
+            save_png(out.with_name(f"{stem}_{name}.png"), image, meta)
+        else:  # a guide on disk, larger than MAX_GUIDE_IN_MEMORY: a pyramidal TIFF, band by band
+            _stream_tiff(out.with_name(f"{stem}_{name}.tif"), image, meta)
     record = {"output": out.name, "metrics": metrics, "settings": settings}
     tmp = out.with_name(f".{stem}.json.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str))
     tmp.replace(out.with_name(f"{stem}.json"))
+
+
+def _stream_tiff(path: Path, image: Any, metadata: dict) -> None:
+    from ..io.tiff import PyramidalTiffWriter
+
+    height, width = int(image.shape[0]), int(image.shape[1])
+    with PyramidalTiffWriter(path, height, width, metadata=metadata, compression="jpeg") as writer:
+        for y in range(0, height, GUIDE_BAND_ROWS):
+            writer.write_rows(y, np.ascontiguousarray(image[y : y + GUIDE_BAND_ROWS]))
 
 
 def _flat(settings: dict) -> dict:
@@ -109,7 +146,8 @@ def base_settings(pipe, plan: LargeImagePlan, seed: int, **parts: Any) -> dict[s
     return record
 
 
-def _grid_digest(grid: torch.Tensor) -> str:
-    import hashlib
+def _grid_digest(grid) -> str:
+    """The reference grid's provenance digest (:func:`zoomldm.io.grids.grid_digest`)."""
+    from ..io.grids import grid_digest
 
-    return hashlib.sha256(grid.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return grid_digest(grid)

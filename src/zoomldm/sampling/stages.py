@@ -53,10 +53,11 @@ class LargeImagePlan:
 
     def grid_crop(self, base_grid: torch.Tensor) -> torch.Tensor:
         """The part of a canvas-wide base grid under the region."""
+        from ..io.grids import crop_grid
+
         g = self.target.grid_size
-        return base_grid[
-            :, self.row0 * g : (self.row0 + self.rows) * g, self.col0 * g : (self.col0 + self.cols) * g
-        ]
+        r0, c0 = self.row0 * g, self.col0 * g
+        return crop_grid(base_grid, r0, r0 + self.rows * g, c0, c0 + self.cols * g)  # lazy for a grid file
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -161,14 +162,30 @@ class CoarseRequest:
     stages: list
 
 
+def _k_max(pipe) -> int:
+    """The largest ratio of one scale pair: a tile's footprint stays ≥ MIN_FOOTPRINT guide pixels."""
+    return 1 << max((pipe.config.image_size // MIN_FOOTPRINT).bit_length() - 1, 0)
+
+
+def coarse_level(pipe, target: Magnification) -> Magnification:
+    """The level of the coarse canvas for ``target``: the coarsest level two scale pairs reach from it
+    (ratio ≤ ``k_max²``; 0.15625x for 20x with 256² patches, 1.25x with 64² patches), so that the cascade
+    after the canvas has at most two stages."""
+    k_max = _k_max(pipe)
+    reach = [m for m in pipe.scales if m.domain == target.domain and m.index >= target.index]
+    return max(
+        (m for m in reach if m.downsample // target.downsample <= k_max * k_max), key=lambda m: m.index
+    )
+
+
 def coarse_request(pipe, target: Magnification, size: int | None, region=None) -> CoarseRequest | None:
-    """The geometry of ``generate --size`` past the coarsest level's one patch (None when one patch covers
-    ``size``): the coarse canvas at the model's coarsest level, then the cascade of :func:`plan_stages`
-    (one scale pair, or two through the coarsest level the target allows) with a fixed first guide."""
+    """The geometry of ``generate --size`` past one patch of the coarse level (None when one patch covers
+    ``size``): the coarse canvas at :func:`coarse_level`, then the cascade of :func:`plan_stages` (one scale
+    pair, or two through the coarsest level the target allows) with a fixed first guide."""
     if size is None:
         return None
     tmag = require_level(pipe, target, "target magnification")
-    coarsest = pipe.scales[len(pipe.scales) - 1]
+    coarsest = coarse_level(pipe, tmag)
     if coarsest.index <= tmag.index:
         return None
     found = coarse_canvas_needed(pipe, coarsest, tmag, size)
@@ -177,7 +194,7 @@ def coarse_request(pipe, target: Magnification, size: int | None, region=None) -
     rows, cols = found
     tile = pipe.config.image_size
     shape = (rows * tile, cols * tile)
-    k_max = 1 << max((tile // MIN_FOOTPRINT).bit_length() - 1, 0)
+    k_max = _k_max(pipe)
     if coarsest.downsample // tmag.downsample <= k_max:
         stages = [_plan_pair(pipe, coarsest, tmag, region=region, guide_shape=shape)]
     else:

@@ -13,7 +13,8 @@ allocation and its release (:func:`activation_profile`).
 The package, one module per responsibility (imported in this order, each only from the ones before it):
 :mod:`.model` (the model from its configuration), :mod:`.profile` (activations and FLOPs, traced on
 ``meta``), :mod:`.stages` (each stage's work), :mod:`.geometry` (the request's cascade),
-:mod:`.probes` (what the machine has now), :mod:`.resources` (host, GPU and disk terms), :mod:`.timing`
+:mod:`.probes` (what the machine has now), :mod:`.resources` (host, GPU and disk terms), :mod:`.advice`
+(the term and option a refusal names), :mod:`.timing`
 (the time estimate), :mod:`.report` (:class:`RunPlan` and its lines); :func:`plan_large`, here, puts
 them together and decides the up-front refusal.
 
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
+from .advice import shrink_advice
 from .geometry import (  # noqa: F401
     _coarse_of,
     _geometry,
@@ -225,7 +227,7 @@ def plan_large(
     gpu = (
         _gpu_terms(spec, cfg, stage_plans, settings, profile, dtype, live_weights, measured) if on_gpu else []
     )
-    disk = _disk_terms(cfg, stages, settings, output_bytes, is_tiff, final, sr)
+    disk = _disk_terms(cfg, stages, settings, output_bytes, is_tiff, final, sr, coarse)
     peak_host = _peak(host)
     peak_gpu = _peak(gpu) if on_gpu else None
     disk_bytes = sum(t.bytes for t in disk)
@@ -243,21 +245,21 @@ def plan_large(
     short = []
     where = f" under {out_path.parent}" if out_path is not None else ""
     resident = host[0].bytes  # the baseline is this process, already resident: only the rest is new
-    for what, need, have, advice in (
-        ("disk", disk_bytes, avail["disk"], f"free space{where} or write --out to a larger disk"),
+    for what, need, have, terms in (
+        ("disk", disk_bytes, avail["disk"], disk),
         (
             "host memory",
             peak_host,
             None if avail["host memory"] is None else avail["host memory"] + resident,
-            "close other programs or lower --tile-batch",
+            host[1:],  # the baseline is not a term the run can shrink
         ),
-        ("GPU memory", peak_gpu, avail["GPU memory"], "lower --tile-batch or use --dtype float16"),
+        ("GPU memory", peak_gpu, avail["GPU memory"], gpu),
     ):
         if need is not None and have is not None and need > have:
             short.append(
                 f"not enough {what} for this run: needs {'' if trace else 'at least '}{format_bytes(need)}, "
-                f"{format_bytes(have)} available "
-                f"(short by {format_bytes(need - have)}; {advice})"
+                f"{format_bytes(have)} available (short by {format_bytes(need - have)}); "
+                f"{shrink_advice(what, terms, settings, where)}"
             )
     return RunPlan(
         command=command,

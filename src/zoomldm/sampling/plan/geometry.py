@@ -44,7 +44,10 @@ def guide_for_reference(
     pipe = _ConfigPipe(cfg)
     path = Path(reference)
     if path.suffix.lower() in GRID_SUFFIXES:
-        h, w = load_ssl_grid(path, channels=cfg.ssl_channels).shape[1:]
+        from ...io.grids import SSLGridFile
+
+        lazy = SSLGridFile.open(path)  # the header only, for a [C, h, w] .npy / .safetensors
+        h, w = (lazy if lazy is not None else load_ssl_grid(path, channels=cfg.ssl_channels)).shape[1:]
     else:
         from PIL import Image
 

@@ -135,12 +135,8 @@ def _host_terms(
     if sr and input_shape is not None:
         input_bytes = int(input_shape[0]) * int(input_shape[1]) * 3
     coarse_bytes = 0
-    if coarse is not None:  # the canvas, its ε sums, window contexts, decoded pixels; a window batch
-        from ..coarse import coarse_canvas_cost
-
-        cost = coarse_canvas_cost(
-            _ConfigPipe(cfg), coarse.rows, coarse.cols, settings.sampling, settings.decode
-        )
+    if coarse is not None:  # one window row: its contexts, the bands it overlaps, a window batch
+        cost = _coarse_cost(cfg, coarse, settings)
         coarse_bytes = int(cost.buffers_mib * 2**20) + COARSE_WINDOW_BATCH * 2 * (lat + 65 * D * F32)
         if not on_gpu:
             coarse_bytes += int(_affine(profile["unet"], 2 * COARSE_WINDOW_BATCH))
@@ -151,20 +147,25 @@ def _host_terms(
         "decode band + TIFF writer row + metric band": decode_band + decode_batch + writer + metric,
     }
     if coarse is not None:
-        phases["coarse canvas: whole canvas + a window batch"] = coarse_bytes
+        phases[COARSE_PHASE] = coarse_bytes
     phase, peak_phase = max(phases.items(), key=lambda kv: kv[1])
+    grid_note = "reference grid, or the inverted grid of every input patch"
+    if coarse is not None:
+        grid_note = "read by block from the reference file (.npy / .safetensors; a .pt grid is read whole)"
+    from ..results import MAX_GUIDE_IN_MEMORY
+
+    guide_px = max(s.canvas_rows * (s.tile_px // s.k) * s.canvas_cols * (s.tile_px // s.k) for s in stages)
     terms += [
-        Term(
-            "SSL grid of the request", grid_bytes, "reference grid, or the inverted grid of every input patch"
-        ),
+        Term("SSL grid of the request", grid_bytes, grid_note),
         Term("low-resolution input image", input_bytes, "uint8, read whole")
         if sr
         else Term("guide patch", lat + pix)
         if coarse is None
         else Term(
-            "coarse canvas (decoded, the fixed guide)",
-            coarse.rows * coarse.cols * S * S * 3,
-            f"{coarse.rows}×{coarse.cols} {coarse.level} patches, uint8, kept through the run",
+            "guide image returned",
+            guide_px * 3 if guide_px <= MAX_GUIDE_IN_MEMORY else 0,
+            f"a fixed guide up to {MAX_GUIDE_IN_MEMORY:,} px is returned (and written as PNG); larger ones "
+            "stay on disk",
         ),
         Term("image kept in memory", image + latent_kept, "outputs up to 8192² px are also returned")
         if kept
@@ -183,11 +184,34 @@ def _affine(pair: tuple[float, float], n: int) -> float:
     return fixed + per * n
 
 
+#: the coarse stage's phase in the plan (its window row, the bands it overlaps and a window batch)
+COARSE_PHASE = "coarse canvas: one window row + its bands"
+
+
+def _coarse_cost(cfg, coarse, settings):
+    from ..coarse import coarse_canvas_cost
+
+    return coarse_canvas_cost(
+        _ConfigPipe(cfg),
+        coarse.rows,
+        coarse.cols,
+        settings.sampling,
+        settings.decode,
+        level=coarse.level,
+        window_batch=COARSE_WINDOW_BATCH,
+    )
+
+
 def _grid_bytes(cfg, stages, sr, coarse=None) -> int:
     first = stages[0]
-    if coarse is not None:  # the reference grid covers the whole coarse canvas
-        g = coarse.level.grid_size
-        return cfg.ssl_channels * coarse.rows * g * coarse.cols * g * F32
+    if coarse is not None:  # the reference grid covers the whole request and stays on disk: one block read
+        from ..coarse_bands import grid_read_bytes
+
+        g, L = coarse.level.grid_size, cfg.latent_size
+        step_tiles = max(max(L // 4, 1) * g // L, 1)
+        coarse_box = grid_read_bytes(cfg.ssl_channels, g, step_tiles, COARSE_WINDOW_BATCH)
+        tile_box = max(16 * s.target.grid_size**2 for s in stages) * cfg.ssl_channels * F32  # ≤ 16 tiles
+        return max(coarse_box, tile_box)
     if sr:
         g = first.target.grid_size
         return cfg.ssl_channels * first.canvas_rows * g * first.canvas_cols * g * F32
@@ -232,7 +256,7 @@ def _gpu_terms(spec, cfg, plans, settings, profile, dtype, live_weights, measure
     ]
 
 
-def _disk_terms(cfg, stages, settings, output_bytes, is_tiff, final, sr) -> list[Term]:
+def _disk_terms(cfg, stages, settings, output_bytes, is_tiff, final, sr, coarse=None) -> list[Term]:
     C, P = cfg.unet["in_channels"], cfg.latent_size
     lat = C * P * P * F32
     tiles = sum(s.rows * s.cols for s in stages)
@@ -249,6 +273,14 @@ def _disk_terms(cfg, stages, settings, output_bytes, is_tiff, final, sr) -> list
     cascade = sum(s.height * s.width * 3 for s in stages[:-1])
     if cascade:
         terms.append(Term("cascade stage outputs", cascade, "uint8 pixels"))
+    if coarse is not None:
+        terms.append(
+            Term(
+                "coarse canvas",
+                _coarse_cost(cfg, coarse, settings).disk_bytes,
+                "latents (double buffer), window contexts, decoded pixels",
+            )
+        )
     if is_tiff:
         terms.append(Term("output TIFF", output_bytes, "estimated (io/tiff.py estimated_tiff_bytes)"))
         spool = sum(h * w * 3 for h, w in _level_shapes(final.height, final.width)[1:])
