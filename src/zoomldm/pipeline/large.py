@@ -103,7 +103,7 @@ class LargeImageMethods:
             ``path``, ``guide_image``, ``latent`` (None above 8192² pixels), ``metrics`` (constraint PSNR / MAE vs the guide) and
             ``settings`` (the record written to ``<stem>.json``).
         """
-        from ..sampling.joint import generate_large_image, plan_stages
+        from ..sampling.joint import coarse_request, generate_large_image, plan_stages
         from ..sampling.levels import parse_level
         from ..sampling.reference import embed_reference, read_reference, reference_side
         from ..sampling.settings import large_image_settings
@@ -141,7 +141,16 @@ class LargeImageMethods:
         grid = ref
         if isinstance(ref, np.ndarray):
             what = Path(reference).name if isinstance(reference, str | Path) else "the reference image"
-            grid = embed_reference(self, ref, stages[0].guide, encoder, encoder_weights, what)
+            coarse = coarse_request(self, tmag, size, region) if gmag is None else None
+            grid = embed_reference(
+                self,
+                ref,
+                stages[0].guide,
+                encoder,
+                encoder_weights,
+                what,
+                patches=(coarse.rows, coarse.cols) if coarse is not None else (1, 1),
+            )
         return generate_large_image(
             self,
             grid,

@@ -83,16 +83,31 @@ def reference_side(reference: torch.Tensor | np.ndarray, tile: int) -> int | Non
 
 
 def embed_reference(
-    pipe, image: np.ndarray, guide: Magnification, encoder: Any, weights: Any, what: str = "reference"
+    pipe,
+    image: np.ndarray,
+    guide: Magnification,
+    encoder: Any,
+    weights: Any,
+    what: str = "reference",
+    patches: tuple[int, int] = (1, 1),
 ) -> torch.Tensor:
-    """The unpooled SSL grid ``[C, n, n]`` of a region image at base resolution under a ``guide`` patch."""
+    """The unpooled SSL grid ``[C, n, n]`` of a region image at base resolution under ``patches`` (rows,
+    cols) ``guide`` patches: one, or a coarse canvas of several (:mod:`.coarse`; the image is then held whole:
+    for a whole slide give its grid file, read by block)."""
     from ..models.encoders import encode_region_grid
 
     tile = pipe.config.image_size
     side = guide.grid_size * tile
-    if image.shape[:2] != (side, side):
+    want = (patches[0] * side, patches[1] * side)
+    if image.shape[:2] != want:
+        under = (
+            f"a {guide} guide"
+            if patches == (1, 1)
+            else f"a coarse canvas of {patches[0]}×{patches[1]} {guide} patches"
+        )
+        region = f"{want[0]}²" if want[0] == want[1] else f"{want[1]}×{want[0]}"
         raise InputError(
-            f"{what} is {image.shape[1]}×{image.shape[0]}; a {guide} guide needs the {side}² region at "
+            f"{what} is {image.shape[1]}×{image.shape[0]}; {under} needs the {region} region at "
             f"{pipe.scales[0]} under it (one SSL embedding per {tile}² tile)"
         )
     if encoder is None:
