@@ -124,9 +124,24 @@ class Scales:
             found = self._by_name(text if text.endswith("x") else text + "x")
             if found is not None:
                 return found
+        other = self._other_domain(text)
+        if other is not None:
+            raise ZoomLDMError(
+                f"{_shorten(value)!r} is a {other} magnification, not a level of this {self.domain} model; "
+                f"expected one of {self._valid()}"
+            )
         raise ZoomLDMError(
             f"unknown {self.domain} magnification {_shorten(value)!r}; expected one of {self._valid()}"
         )
+
+    def _other_domain(self, text: str) -> str | None:
+        """The domain whose level ``text`` names when this one has no such level (``20x`` for a satellite
+        model, ``1x`` only in satellite), else None."""
+        name = text if text.endswith("x") else text + "x"
+        for domain, scales in DOMAINS.items():
+            if domain != self.domain and scales._by_name(name) is not None:
+                return domain
+        return None
 
     def _by_index(self, index: int, shown: str) -> Magnification:
         if 0 <= index < len(self):

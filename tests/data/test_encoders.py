@@ -86,3 +86,22 @@ def test_unknown_names_and_offline_hub_are_clear_errors(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ZoomLDMError, match="--encoder-weights"):
         build_encoder("timm:vit_tiny_patch16_224", embed_dim=32, depth=1, num_heads=2)
+
+
+def test_dinov2_vitl14_reg_is_the_published_naip_conditioning(compat_dir):
+    """The published NAIP model's Summarizer reduces 1024-d inputs (its ``dim_reduce`` in the authors'
+    checkpoint, recorded in the NAIP compat manifest) over 4 magnification embeddings: the width of
+    ``dinov2_vitl14_reg`` (ViT-L/14, 4 registers, CLS token) and the satellite levels."""
+    import json
+
+    from zoomldm.models.encoders import DOMAIN_ENCODERS
+    from zoomldm.scales import SATELLITE
+
+    manifest = json.loads((compat_dir / "manifest_naip.json").read_text())
+    shapes = {e["key"]: e["shape"] for e in manifest["entries"]}
+    assert DOMAIN_ENCODERS["satellite"] == "dinov2_vitl14_reg"
+    with torch.device("meta"):
+        enc = build_encoder("dinov2_vitl14_reg", weights="random", device="meta")
+    assert shapes["cond_stage_model.dim_reduce.weight"][1] == enc.dim == 1024
+    assert shapes["cond_stage_model.mag_embedding.weight"][0] == len(SATELLITE) == 4
+    assert enc.transform["resize"].startswith("bicubic") and enc.model.num_reg_tokens == 4

@@ -120,7 +120,7 @@ def test_settings_by_cli_name_on_top_of_the_dataclasses(compat_pipe, grid):
         (dict(reference=np.zeros((100, 100, 3), np.uint8)), InputError, r"needs the 128² region"),
         (dict(reference=np.zeros((128, 128), np.uint8)), InputError, r"uint8 RGB array \[H, W, 3\]"),
         (dict(reference=torch.zeros(16, 2, 2)), InputError, "16 channels; this model expects 32"),
-        (dict(guide="3x"), ConfigError, "guide magnification: unknown pathology magnification"),
+        (dict(guide="3x"), ConfigError, "guide magnification: '3x' is a satellite magnification"),
         (dict(out="large.jpg"), ZoomLDMError, r"\.tif"),
         (dict(guidance_w=float("nan")), ConfigError, r"guidance_w \(--guidance-w\) must be >= 0 and finite"),
         (dict(fd_step=float("inf")), ConfigError, r"h \(--fd-step\) must be > 0 and finite; got inf"),

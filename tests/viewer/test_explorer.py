@@ -349,7 +349,7 @@ def test_blending_removes_block_offsets_and_the_record_measures_seams(pipe, imag
     [
         (dict(source="20x"), "must be finer"),
         (dict(source="5x", target="10x", cache=None), "cache= is required"),
-        (dict(source="3x"), "unknown pathology magnification"),
+        (dict(source="3x"), "'3x' is a satellite magnification, not a level of this pathology model"),
         (dict(source="5x", t0="a"), "invalid setting"),
         (dict(source="5x", bogus=1), "unknown setting bogus"),
         (dict(source="5x", window_patches=0), "window_patches"),

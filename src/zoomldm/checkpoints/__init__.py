@@ -14,6 +14,8 @@ from .default import CHECKPOINT_ENV, HUB_TIMEOUT_S, PUBLISHED, default_checkpoin
 from .embedded import (
     CARD,
     EMBEDDED,
+    EMBEDDED_MODELS,
+    EMBEDDED_NAIP,
     NAME,
     card_hashes,
     embedded_model_path,
@@ -48,6 +50,8 @@ __all__ = [
     "EMA_META",
     "EMA_PREFIX",
     "EMBEDDED",
+    "EMBEDDED_MODELS",
+    "EMBEDDED_NAIP",
     "HUB_REPO",
     "HUB_TIMEOUT_S",
     "NAME",

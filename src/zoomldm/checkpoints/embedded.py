@@ -1,7 +1,8 @@
 """The package's embedded offline model as files: where it is, and that it is intact.
 
-A small trained ZoomLDM ships under ``zoomldm/assets/tiny_brca/`` (``tools/train_embedded_model.py``
-trains it with the project's own commands): our pipeline format (``zoomldm.json``, ``unet/``, ``vae/``,
+Small trained ZoomLDMs ship under ``zoomldm/assets/``: ``tiny_brca/`` (pathology, the name ``embedded``) and
+``tiny_naip/`` (aerial, ``embedded-naip``); ``tools/train_embedded_model.py [--domain satellite]`` trains
+them with the project's own commands: our pipeline format (``zoomldm.json``, ``unet/``, ``vae/``,
 ``summarizer/``, ``cdm/``), its SSL encoder (``encoder.safetensors`` + ``encoder.json``) and
 ``MODEL_CARD.md``, whose *Files* table lists the sha256 of every other file. Nothing here downloads.
 
@@ -27,12 +28,20 @@ CARD = "MODEL_CARD.md"
 #: the name that selects this model wherever a checkpoint is taken (``--checkpoint embedded``,
 #: ``ZoomLDMPipeline.from_pretrained("embedded")``, ``$ZOOMLDM_CHECKPOINT=embedded``)
 EMBEDDED = "embedded"
+#: the embedded aerial model (4 satellite levels, trained on naip_001.jpg): ``--checkpoint embedded-naip``
+EMBEDDED_NAIP = "embedded-naip"
+#: every embedded model: its name → its folder under ``zoomldm/assets/``
+EMBEDDED_MODELS = {EMBEDDED: NAME, EMBEDDED_NAIP: "tiny_naip"}
 
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|\s*([0-9a-f]{64})\s*\|")
 
 
-def _asset_dir() -> Path:
-    return Path(str(resources.files("zoomldm.assets").joinpath(NAME)))
+def _asset_dir(name: str = EMBEDDED) -> Path:
+    if name not in EMBEDDED_MODELS:
+        raise CheckpointError(
+            f"no embedded model named {name!r}; the embedded models are {', '.join(EMBEDDED_MODELS)}"
+        )
+    return Path(str(resources.files("zoomldm.assets").joinpath(EMBEDDED_MODELS[name])))
 
 
 def card_hashes(card: str | Path) -> dict[str, str]:
@@ -68,13 +77,15 @@ def verify_embedded_model(path: str | Path) -> dict[str, str]:
     return table
 
 
-def embedded_model_path(verify: bool = True) -> Path | None:
-    """The embedded model's folder, or None when this installation ships none.
+def embedded_model_path(verify: bool = True, name: str = EMBEDDED) -> Path | None:
+    """The folder of the embedded model ``name`` (:data:`EMBEDDED_MODELS`), or None when this installation
+    ships none.
 
     Args:
         verify: check the files against the model card's sha256 first (:func:`verify_embedded_model`).
+        name: ``embedded`` (pathology, tiny_brca) or ``embedded-naip`` (aerial, tiny_naip).
     """
-    path = _asset_dir()
+    path = _asset_dir(name)
     if not (path / "zoomldm.json").is_file():
         return None
     if verify:
@@ -90,14 +101,23 @@ def encoder_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def is_embedded(checkpoint: str | Path | None) -> bool:
-    """True when ``checkpoint`` names the embedded model (the name :data:`EMBEDDED` or its folder)."""
+def embedded_name(checkpoint: str | Path | None) -> str | None:
+    """The name of the embedded model ``checkpoint`` selects (one of :data:`EMBEDDED_MODELS`, by name or
+    by its folder), or None."""
     if checkpoint is None:
-        return False
-    if str(checkpoint) == EMBEDDED:
-        return True
-    path = embedded_model_path(verify=False)
-    try:
-        return path is not None and Path(checkpoint).expanduser().resolve() == path.resolve()
-    except (OSError, ValueError):
-        return False
+        return None
+    if str(checkpoint) in EMBEDDED_MODELS:
+        return str(checkpoint)
+    for name in EMBEDDED_MODELS:
+        path = embedded_model_path(verify=False, name=name)
+        try:
+            if path is not None and Path(checkpoint).expanduser().resolve() == path.resolve():
+                return name
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def is_embedded(checkpoint: str | Path | None) -> bool:
+    """True when ``checkpoint`` names an embedded model (:data:`EMBEDDED_MODELS`, or one's folder)."""
+    return embedded_name(checkpoint) is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ZoomLDMError
 from ..fsutil import file_sha256  # noqa: F401 (re-exported: the hash that provenance records)
-from .embedded import EMBEDDED, embedded_model_path
+from .embedded import EMBEDDED_MODELS, embedded_model_path
 from .official import HUB_REPO, OFFICIAL_SUFFIXES
 
 
@@ -46,10 +46,12 @@ def resolve_checkpoint(spec: str | Path, config: str | None = None) -> Checkpoin
             )
         sibling = path.parent / "config.yaml"
         return CheckpointSource("official", path, sibling if sibling.is_file() and config is None else None)
-    if text == EMBEDDED:  # the package's embedded offline model (checkpoints.embedded), sha256-checked
-        local = embedded_model_path()
+    if text in EMBEDDED_MODELS:  # a package's embedded offline model (checkpoints.embedded), sha256-checked
+        local = embedded_model_path(name=text)
         if local is None:
-            raise CheckpointError("embedded: this installation ships no embedded model (reinstall zoomldm)")
+            raise CheckpointError(
+                f"{text}: this installation ships no such embedded model (reinstall zoomldm)"
+            )
         return CheckpointSource("ours", local)
     if text in {"brca", "naip"}:
         text = f"{HUB_REPO}/{text}"

@@ -25,9 +25,12 @@ from ..checkpoints.default import (  # noqa: F401 (the old names of this module)
 from ..checkpoints.embedded import (  # noqa: F401
     CARD,
     EMBEDDED,
+    EMBEDDED_MODELS,
+    EMBEDDED_NAIP,
     NAME,
     card_hashes,
     embedded_model_path,
+    embedded_name,
     encoder_spec,
     is_embedded,
     verify_embedded_model,
@@ -36,13 +39,15 @@ from ..errors import CheckpointError
 from .encoders import SSLEncoder, build_encoder
 
 
-def embedded_encoder(device: str = "cpu", dtype: Any = None) -> SSLEncoder:
-    """The embedded model's own SSL encoder (its store was prepared with it; grids of other encoders do not
-    fit its 64-d Summarizer input); ``dtype``: autocast dtype, as :func:`~zoomldm.models.encoders.build_encoder`."""
-    path = embedded_model_path()
+def embedded_encoder(device: str = "cpu", dtype: Any = None, name: str = EMBEDDED) -> SSLEncoder:
+    """The embedded model ``name``'s own SSL encoder (its store was prepared with it; grids of other encoders
+    do not fit its 64-d Summarizer input); ``dtype``: autocast dtype, as
+    :func:`~zoomldm.models.encoders.build_encoder`."""
+    path = embedded_model_path(name=name)
     if path is None:
         raise CheckpointError(
-            f"no embedded model in this installation (zoomldm/assets/{NAME}); reinstall zoomldm"
+            f"no embedded model {name!r} in this installation (zoomldm/assets/{EMBEDDED_MODELS[name]}); "
+            "reinstall zoomldm"
         )
     spec = encoder_spec(path)
     return build_encoder(

@@ -60,8 +60,13 @@ ENCODERS: dict[str, EncoderSpec] = {
         hub_name="hf-hub:MahmoodLab/UNI",
         note="UNI (ViT-L/16, Chen et al. 2024)",
     ),
-    # DINOv2 keeps its 518² position grid and interpolates it for 224² inputs at run time, like the torch
-    # hub model does; DINOv2's own eval transform resizes with bicubic.
+    # The published NAIP conditioning (SPEC §1.3) is DINOv2 ViT-L/14 with registers, the torch hub model
+    # ``dinov2_vitl14_reg`` (facebookresearch/dinov2, hubconf.py): patch 14 and 4 registers are that model's
+    # (timm ``vit_large_patch14_reg4_dinov2``, the same weights in timm's layout); its width, 1024, is the
+    # input of the NAIP checkpoint's Summarizer (``dim_reduce`` [512, 1024] in the compat manifest, tested).
+    # Input size and normalisation: the authors do not say (SPEC §12); we use DINOv2's own eval transform
+    # (dinov2/data/transforms.py: ImageNet mean/std, bicubic resize) at 224², the size of its eval crop —
+    # DINOv2 keeps its 518² position grid and interpolates it for 224² inputs, as the hub model does.
     "dinov2_vitl14_reg": EncoderSpec(
         "vit_large_patch14_reg4_dinov2",
         dict(num_classes=0, dynamic_img_size=True),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints.embedded import EMBEDDED, is_embedded
+from ..checkpoints.embedded import EMBEDDED_MODELS, embedded_name
 from ..errors import ConfigError, InputError
 from .embedded import embedded_encoder
 from .encoders import SSLEncoder, build_encoder
@@ -23,15 +23,15 @@ def default_encoder(checkpoint: Any) -> str:
     ``checkpoint``: the checkpoint id/path, or a loaded model (its provenance names where it came from)."""
     if hasattr(checkpoint, "provenance"):
         checkpoint = checkpoint.provenance.get("checkpoint")
-    return EMBEDDED if is_embedded(checkpoint) else "uni"
+    return embedded_name(checkpoint) or "uni"
 
 
 def build_ssl_encoder(encoder: Any, weights: str | Path | None, device: Any, channels: int) -> SSLEncoder:
     """``encoder``: a name (``uni``, ``dinov2``, ``timm:<name>``, ``embedded``: the embedded offline model's
     own; ``weights`` a local file or ``"random"``) or an encoder object with ``.dim`` and ``.embed``
     (:class:`~zoomldm.models.encoders.SSLEncoder`), checked against the model's SSL width ``channels``."""
-    if encoder == EMBEDDED and weights is None:
-        encoder = embedded_encoder(str(device))
+    if isinstance(encoder, str) and encoder in EMBEDDED_MODELS and weights is None:
+        encoder = embedded_encoder(str(device), name=encoder)
     elif isinstance(encoder, str):
         if weights not in (None, "random") and not Path(weights).is_file():
             raise InputError(f"{weights}: encoder weights not found (pass the local weights file)")
