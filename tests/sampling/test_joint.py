@@ -281,7 +281,9 @@ def test_scale_pairs_of_the_published_presets():
     assert plan_large_image(brca, "1.25x", target="5x").k == 4  # a cascade stage: 5x tiles under 1.25x
     with pytest.raises(ZoomLDMError, match="ratio of 32"):
         plan_large_image(brca, "0.625x")
-    with pytest.raises(ZoomLDMError, match="'1.25x' is a pathology magnification, not a level of this satellite"):
+    with pytest.raises(
+        ZoomLDMError, match="'1.25x' is a pathology magnification, not a level of this satellite"
+    ):
         plan_large_image(naip, "1.25x")
     with pytest.raises(ZoomLDMError, match="multiple of the 256-px tile"):
         plan_large_image(brca, "1.25x", size=4000)

@@ -76,7 +76,11 @@ def test_authors_display_copy_is_a_whole_number_of_patches(data_dir):
         (np.zeros((64, 64, 3), np.float32), "10x", "uint8"),
         (np.zeros((64, 64, 3), np.uint8), "20x", "coarser"),
         (np.zeros((64, 64, 3), np.uint8), "2.5x", "ratio of 8"),
-        (np.zeros((64, 64, 3), np.uint8), "3x", "is a satellite magnification, not a level of this pathology"),
+        (
+            np.zeros((64, 64, 3), np.uint8),
+            "3x",
+            "is a satellite magnification, not a level of this pathology",
+        ),
     ],
 )
 def test_bad_inputs_fail_before_model_work(no_model_work, image, source, message):

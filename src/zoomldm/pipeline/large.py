@@ -151,7 +151,7 @@ class LargeImageMethods:
                 what,
                 patches=(coarse.rows, coarse.cols) if coarse is not None else (1, 1),
             )
-        return generate_large_image(
+        result = generate_large_image(
             self,
             grid,
             guide=gmag,  # None: chosen there from size, or a coarse canvas past one guide patch (.coarse)
@@ -172,6 +172,9 @@ class LargeImageMethods:
             resume=resume,
             progress=progress,
         )
+        if self.scales.domain == "satellite":  # the remote-sensing layout; synthetic, so no georeference
+            _to_cog(result, None, None, compression)
+        return result
 
     def super_resolve(
         self,
@@ -229,7 +232,14 @@ class LargeImageMethods:
         )
         if out is not None:  # the written-ness of the path; its kind and size are checked by super_resolve
             check_output(out, "out", overwrite=overwrite)
-        lr = read_image(image, resize, what="image")
+        geo = _geo_input(image, resize)  # a GeoTIFF: its georeference goes to the output (a COG)
+        if geo is not None:
+            from ..io.geotiff import read_rgb
+
+            lr = read_rgb(image)[0]
+            _note_resolution(self, geo, from_magnification, Path(image).name)
+        else:
+            lr = read_image(image, resize, what="image")
         tile = self.config.image_size
         if lr.shape[0] % tile or lr.shape[1] % tile:
             name = Path(image).name if isinstance(image, str | Path) else "the image"
@@ -237,7 +247,7 @@ class LargeImageMethods:
                 f"{name} is {lr.shape[1]}×{lr.shape[0]}; the input must be a whole number of {tile}² patches "
                 f"at {from_magnification} (resize it, e.g. resize={tile} / --resize {tile} for one patch)"
             )
-        return super_resolve(
+        result = super_resolve(
             self,
             lr,
             from_magnification,
@@ -256,6 +266,9 @@ class LargeImageMethods:
             resume=resume,
             progress=progress,
         )
+        if geo is not None or self.scales.domain == "satellite":
+            _to_cog(result, geo, region, compression)
+        return result
 
     def plan_large(self, command: str = "generate", **request: Any):
         """The plan of a :meth:`generate_large` (``command="generate"``) or :meth:`super_resolve`
@@ -266,6 +279,89 @@ class LargeImageMethods:
         from ..sampling.plan import plan_large
 
         return plan_large(self, command=command, **request)
+
+
+def _geo_input(image: Any, resize: int | None):
+    """The :class:`~zoomldm.io.geotiff.GeoInfo` of a georeferenced input file (None for other inputs)."""
+    if not isinstance(image, str | Path):
+        return None
+    from ..io.geotiff import has_georeference, read_geo_info
+
+    if not has_georeference(image):
+        return None
+    if resize is not None:
+        raise ConfigError(
+            f"{Path(image).name} is georeferenced: --resize would break its geotransform; crop or resample "
+            "it with GDAL (gdalwarp -tr) instead"
+        )
+    return read_geo_info(image)
+
+
+def _note_resolution(pipe, geo, magnification, name: str) -> None:
+    """One line when a georeferenced input's ground resolution is not the level's (by more than 25 %)."""
+    import sys
+
+    from ..sampling.levels import parse_level
+
+    level = parse_level(pipe, magnification, "input magnification")
+    if geo.resolution_m is None or pipe.scales.domain != "satellite":
+        return
+    ratio = geo.resolution_m / level.mpp
+    if not 0.8 <= ratio <= 1.25:
+        print(
+            f"note: {name} is {geo.resolution_m:.3g} m/px; this model's {level} is {level.mpp:.3g} m/px: "
+            f"super-resolved as {level} (the output's geotransform keeps the input's true scale)",
+            file=sys.stderr,
+        )
+
+
+def _to_cog(result, geo, region, compression: str) -> None:
+    """Rewrite a large-image TIFF output as a Cloud-Optimized GeoTIFF: with the input's CRS and its
+    geotransform scaled by the factor (and moved to the region's origin) when ``geo`` is given."""
+    path = result.path
+    if path is None or path.suffix.lower() not in (".tif", ".tiff"):
+        if geo is not None and path is not None:
+            import sys
+
+            print(
+                f"note: {path.name} is not a .tif: the input's georeference is not written", file=sys.stderr
+            )
+        return
+    from ..io.geotiff import scaled_transform, write_cog
+
+    crs = transform = None
+    if geo is not None:
+        factor = int(result.settings.get("k", 1))
+        x, y = (region[0], region[1]) if region is not None else (0, 0)
+        crs, transform = geo.crs, scaled_transform(geo.transform, factor, (x, y))
+    import json
+
+    import tifffile
+
+    staged = path.with_name(f".{path.name}.src.tif")
+    path.replace(staged)
+    try:
+        from ..io.tiff_provenance import XMP_TAG
+
+        with tifffile.TiffFile(staged) as tif:  # our provenance record (an XMP packet), kept in the COG
+            xmp = tif.pages.first.tags.valueof(XMP_TAG)
+        xmp = xmp.decode("utf-8") if isinstance(xmp, bytes) else xmp
+        write_cog(path, staged, crs=crs, transform=transform, compression=compression, xmp=xmp)
+    except BaseException:
+        staged.replace(path)
+        raise
+    staged.unlink()
+    layout = {"layout": "cloud-optimized GeoTIFF"}
+    if geo is not None:
+        layout.update(crs_epsg=geo.epsg, crs_wkt=crs, transform=list(transform))
+    result.settings["georeference"] = layout
+    sidecar = path.with_name(f"{path.name.split('.')[0]}.json")
+    if sidecar.is_file():  # the record beside the output says so too
+        record = json.loads(sidecar.read_text())
+        record.setdefault("settings", {})["georeference"] = layout
+        tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.replace(sidecar)
 
 
 def _shape_text(ref) -> str:
