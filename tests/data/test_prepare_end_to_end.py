@@ -155,3 +155,45 @@ def test_sentinel2_scene_with_satellite_scales(tmp_path, data_dir, tiny_encoder,
         grid = encode_region_grid(tiny_encoder, np.asarray(scene.convert("RGB"))[:1024, :1024])
     stored_grid = root["3x"]["ssl"][0].astype(np.float32)
     np.testing.assert_allclose(stored_grid, grid.numpy(), atol=GRID_RTOL * grid.abs().max().item())
+
+
+def test_georeferenced_scene_with_nodata(tmp_path, data_dir, tiny_encoder, tiny_vae):
+    """The Sentinel-2 scene as a GeoTIFF (UTM 33N, 10 m/px) whose right 40 % is nodata: prepare reads the
+    resolution from the georeference (no --mpp), skips the regions below the valid-data threshold and
+    records the scene's CRS and geotransform, from which each region's bounds follow."""
+    import rasterio
+    from affine import Affine
+
+    from zoomldm.data.store import region_bounds
+
+    scene = tifffile.imread(data_dir / "sentinel2_rgb.tif")[:1024, :1024]
+    bands = np.moveaxis(scene, -1, 0).copy()
+    bands[:, :, 614:] = 0  # columns from 614 on: outside the scene
+    path = tmp_path / "s2_geo.tif"
+    t = (10.0, 0.0, 500_000.0, 0.0, -10.0, 5_200_000.0)
+    with rasterio.open(path, "w", driver="GTiff", width=1024, height=1024, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(*t), nodata=0, tiled=True) as dst:  # fmt: skip
+        dst.write(bands)
+    store = tmp_path / "geo.zarr"
+    settings = PrepareSettings(domain="satellite", batch_size=16)  # no mpp: from the georeference
+    report = prepare_dataset(
+        [SlideSource("s2", str(path))], store, tiny_encoder, tiny_vae, settings, progress=False
+    )
+    # 4 × 4 base tiles of 256 px; only the two left columns are ≥ 95 % valid (column 2 is 40 % valid)
+    assert report.totals["1x"] == 8 and report.totals["2x"] == 2 and report.totals["3x"] == 0
+    root = open_store(store)
+    np.testing.assert_array_equal(root["1x"]["mpp"][:], np.full(8, 10.0, np.float32))
+    geo = root["slides"].attrs["georeference"]["s2"]
+    assert (
+        geo["crs"].startswith("PROJCS")
+        or "UTM" in geo["crs"]
+        and geo["transform"][:3] == [10.0, 0.0, 500_000.0]
+    )
+    x, y = (int(v) for v in root["1x"]["coords"][3])
+    assert x < 512 and region_bounds(root, "1x", 3) == (
+        500_000.0 + 10 * x,
+        5_200_000.0 - 10 * (y + 256),
+        500_000.0 + 10 * (x + 256),
+        5_200_000.0 - 10 * y,
+    )
+    assert region_bounds(root, "2x", 0)[2] - region_bounds(root, "2x", 0)[0] == 5120.0

@@ -147,6 +147,9 @@ def process_slide(
             "backend": reader.backend,
             "resolution_source": reader.resolution.source if reader.resolution else "",
         }
+        geo = getattr(reader, "geo", None)
+        if geo is not None:  # the scene's CRS and level-0 geotransform: each region's bounds follow
+            meta["georeference"] = geo.to_dict()
         result = {mag.name: n for mag, n in counts.items()}
         finish_part(part, meta, result)
         return result

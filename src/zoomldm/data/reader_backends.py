@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..errors import ZoomLDMError
 from .reader_base import SlideReader
-from .resolution import _geotiff_resolution, _tiff_resolution, resolution_from_properties
+from .resolution import Resolution, _geotiff_resolution, _tiff_resolution, resolution_from_properties
 
 
 def _rgb(image: Image.Image) -> np.ndarray:
@@ -119,6 +119,63 @@ class TifffileReader(SlideReader):
 
     def close(self) -> None:
         self._tif.close()
+
+
+class RasterioReader(SlideReader):
+    """Georeferenced rasters (GeoTIFF, COG, …) through rasterio (:mod:`zoomldm.io.geotiff`): level 0 and
+    its internal overviews as levels; m/px from the CRS and geotransform (degrees converted at the scene's
+    latitude); bands chosen and ordered as documented there (grey, RGB + NIR, RGBA, B-G-R, non-uint8 data
+    stretched with limits of the whole scene); nodata / masked pixels read as 0, which the satellite
+    content mask counts as no data (regions below the valid-data threshold are skipped). ``geo`` keeps
+    the georeference, recorded per slide by ``zoomldm prepare``."""
+
+    backend = "rasterio"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        import warnings
+
+        import rasterio
+
+        from ..errors import InputError
+        from ..io.geotiff import band_order, read_geo_info, stretch_limits
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._src = rasterio.open(str(path))
+        try:
+            if self._src.crs is None:  # a pixel scale without a CRS: the tifffile backend reads those tags
+                raise ZoomLDMError(f"{self.path.name}: no coordinate reference system")
+            self._order, self._alpha, self.notes = band_order(self._src, self.path)
+            self._limits = stretch_limits(self._src, self._order)
+            try:
+                self.geo = read_geo_info(path)
+                self.metadata_resolution = Resolution(
+                    self.geo.resolution_m, "m", "GeoTIFF georeference (rasterio)"
+                )
+            except InputError as err:  # no usable geotransform: --mpp must give the resolution
+                self.geo, self.metadata_resolution = None, None
+                self.notes.append(str(err))
+        except BaseException:
+            self._src.close()
+            raise
+        w, h = self._src.width, self._src.height
+        factors = [1] + list(self._src.overviews(1))
+        self.level_dimensions = [(max(1, w // f), max(1, h // f)) for f in factors]
+        self.level_downsamples = [w / dw for dw, _ in self.level_dimensions]
+
+    def _read_level(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        from rasterio.windows import Window
+
+        from ..io.geotiff import read_window
+
+        ds = self.level_downsamples[level]
+        window = Window(x0, y0, width * ds, height * ds)
+        rgb, _ = read_window(self._src, self._order, self._alpha, window, (height, width), self._limits)
+        return rgb
+
+    def close(self) -> None:
+        self._src.close()
 
 
 class PillowReader(SlideReader):

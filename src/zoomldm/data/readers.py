@@ -5,7 +5,8 @@ One small backend class per library, all behind :class:`SlideReader`:
 - :class:`OpenSlideReader` — vendor WSI formats and generic tiled TIFF (openslide-python + openslide-bin),
 - :class:`TiffSlideReader` — the pure-python fallback for SVS / NDPI / generic TIFF (tiffslide),
 - :class:`TifffileReader` — any pyramidal or flat TIFF and GeoTIFF (tifffile + zarr),
-- :class:`PillowReader` — ordinary PNG / JPEG files, with an in-memory 2× pyramid.
+- :class:`PillowReader` — ordinary PNG / JPEG files, with an in-memory 2× pyramid,
+- :class:`RasterioReader` — georeferenced rasters (GeoTIFF / COG: CRS, nodata, band order; rasterio).
 
 :func:`open_image` picks the backend from the file's extension and tries the next one when a backend
 cannot read the file. Every reader returns ``uint8`` RGB ``[H, W, 3]`` arrays.
@@ -27,7 +28,7 @@ from pathlib import Path
 from ..errors import InputError, ZoomLDMError
 from ..io.images import decode_error_reason
 from ..tensorfiles import check_input_file, first_line
-from .reader_backends import OpenSlideReader, PillowReader, TifffileReader, TiffSlideReader
+from .reader_backends import OpenSlideReader, PillowReader, RasterioReader, TifffileReader, TiffSlideReader
 from .reader_base import RESAMPLING, SlideReader, _quiet_tifffile
 from .resolution import Resolution, _positive, resolution_from_properties
 
@@ -36,6 +37,7 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "OpenSlideReader",
     "PillowReader",
+    "RasterioReader",
     "Resolution",
     "SlideReader",
     "TiffSlideReader",
@@ -53,7 +55,8 @@ SUPPORTED_EXTENSIONS = frozenset(_WSI_EXTENSIONS | _TIFF_EXTENSIONS | _PILLOW_EX
 
 
 _BACKENDS: dict[str, type[SlideReader]] = {
-    cls.backend: cls for cls in (OpenSlideReader, TiffSlideReader, TifffileReader, PillowReader)
+    cls.backend: cls
+    for cls in (OpenSlideReader, TiffSlideReader, TifffileReader, PillowReader, RasterioReader)
 }
 
 
@@ -63,7 +66,7 @@ def _candidates(path: Path) -> list[str]:
         return ["pillow"]
     if ext in _TIFF_EXTENSIONS:
         if _is_geotiff(path):  # OpenSlide would open it as generic TIFF but ignore the georeferencing
-            return ["tifffile"]
+            return ["rasterio", "tifffile"]  # rasterio: CRS, nodata, bands (tifffile: without rasterio)
         return ["openslide", "tiffslide", "tifffile"]
     if ext in _WSI_EXTENSIONS:
         return ["openslide", "tiffslide"]

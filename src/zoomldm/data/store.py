@@ -218,11 +218,40 @@ class StoreWriter:
         _append(
             slides["counts"], slide_index, np.array([[counts[m.name] for m in self.levels]], dtype=np.int64)
         )
+        if meta.get("georeference"):  # before the commit point: a stale entry of an uncommitted id is inert
+            geo = dict(slides.attrs.get("georeference", {}))
+            geo[meta["id"]] = dict(meta["georeference"], scale=meta["scale"], tile=meta["tile"])
+            slides.attrs["georeference"] = geo
         # the commit point: one small metadata write
         self.committed = {"slides": slide_index + 1, "samples": samples, "jpeg_bytes": jpeg_bytes}
         self.root.attrs["committed"] = self.committed
         self._ids.add(meta["id"])
         return counts
+
+
+def region_bounds(root: zarr.Group, level_key: str, index: int) -> tuple[float, float, float, float] | None:
+    """``(left, bottom, right, top)`` of sample ``index`` of level ``level_key`` (e.g. ``"1x"``) in its
+    scene's CRS, from the georeference ``prepare`` recorded for the slide (a GeoTIFF read with rasterio) and
+    the region's coordinates; None for a slide without georeference."""
+    from ..scales import DOMAINS
+
+    group = root[level_key]
+    slide = int(group["slide"][index])
+    slide_id = str(root["slides/id"][slide])
+    geo = dict(root["slides"].attrs.get("georeference", {})).get(slide_id)
+    if geo is None:
+        return None
+    mag = DOMAINS[root.attrs["domain"]].parse(level_key)
+    x, y = (int(v) for v in group["coords"][index])
+    side = geo["tile"] * mag.grid_size
+    scale = float(geo["scale"])
+    a, b, c, d, e, f = geo["transform"]
+    corners = [
+        (a * u + b * v + c, d * u + e * v + f)
+        for u, v in ((x * scale, y * scale), ((x + side) * scale, (y + side) * scale))
+    ]
+    (x0, y0), (x1, y1) = corners
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
 def _append(array: zarr.Array, start: int, values: np.ndarray) -> None:

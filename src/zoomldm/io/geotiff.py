@@ -172,7 +172,7 @@ def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
-def _band_order(src, path: Path) -> tuple[list[int], int | None, list[str]]:
+def band_order(src, path: Path) -> tuple[list[int], int | None, list[str]]:
     """(bands to read as R, G, B; the alpha band or None; notes)."""
     from rasterio.enums import ColorInterp
 
@@ -210,6 +210,50 @@ def _band_order(src, path: Path) -> tuple[list[int], int | None, list[str]]:
     return order, alpha, notes
 
 
+def stretch_limits(src, order: list[int], valid_only: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-band percentile limits of a non-uint8 dataset, from a decimated read of at most 1024² px of
+    the whole scene (so that every window of it is stretched alike); None for uint8 data."""
+    if src.dtypes[0] == "uint8":
+        return None
+    f = max(1, int(math.ceil(max(src.width, src.height) / 1024)))
+    shape = (3, max(1, src.height // f), max(1, src.width // f))
+    data = src.read(order, out_shape=shape).astype(np.float64)
+    valid = src.dataset_mask(out_shape=shape[1:]) > 0 if valid_only else np.ones(shape[1:], bool)
+    if not valid.any():
+        return None
+    lo, hi = np.percentile(data[:, valid], STRETCH_PERCENTILES, axis=1)
+    return lo, hi
+
+
+def _stretch(data: np.ndarray, limits: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    lo, hi = limits
+    scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1e-12), 0.0)
+    out = np.clip((data.astype(np.float64) - lo[:, None, None]) * scale[:, None, None], 0, 255)
+    return out.round().astype(np.uint8)
+
+
+def read_window(
+    src, order: list[int], alpha: int | None, window=None, out_shape=None, limits=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``[h, w, 3]`` RGB (invalid pixels 0) and the valid mask of an open dataset's ``window``
+    (rasterio ``Window``; ``out_shape = (h, w)`` reads from the overviews when smaller)."""
+    kw = {"window": window}
+    if out_shape is not None:
+        kw["out_shape"] = (3, *out_shape)
+    data = src.read(order, **kw)
+    mask_kw = {"window": window, "out_shape": tuple(out_shape) if out_shape is not None else None}
+    if alpha is not None:
+        a_kw = {"window": window, "out_shape": tuple(out_shape) if out_shape is not None else None}
+        valid = src.read(alpha, **a_kw) > 0
+    else:
+        valid = src.dataset_mask(**mask_kw) > 0  # nodata in every band, or the internal mask
+    if limits is not None:
+        data = _stretch(data, limits)
+    rgb = np.ascontiguousarray(np.moveaxis(data, 0, -1)).astype(np.uint8, copy=False)
+    rgb[~valid] = 0
+    return rgb, valid
+
+
 def read_rgb(
     path: str | Path, window: tuple[int, int, int, int] | None = None, quiet: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -229,22 +273,15 @@ def read_rgb(
         except rasterio.errors.RasterioIOError as err:
             raise InputError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
         with src:
-            order, alpha, notes = _band_order(src, path)
+            order, alpha, notes = band_order(src, path)
             win = Window(*window) if window is not None else None
-            data = src.read(order, window=win)  # [3, h, w]
-            if alpha is not None:
-                valid = src.read(alpha, window=win) > 0
-            else:
-                valid = src.dataset_mask(window=win) > 0  # nodata in every band, or the internal mask
+            limits = stretch_limits(src, order)
+            rgb, valid = read_window(src, order, alpha, win, limits=limits)
             dtype = src.dtypes[0]
     if not valid.any():
         where = "the window" if window is not None else "every pixel"
         raise InputError(f"{path.name}: {where} is nodata; there is nothing to read (check the nodata value)")
     if dtype != "uint8":
-        lo, hi = np.percentile(data[:, valid].astype(np.float64), STRETCH_PERCENTILES, axis=1)
-        scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1e-12), 0.0)
-        data = np.clip((data.astype(np.float64) - lo[:, None, None]) * scale[:, None, None], 0, 255)
-        data = data.round().astype(np.uint8)
         notes.append(
             f"{path.name}: {dtype} bands stretched to 8 bits (per band, {STRETCH_PERCENTILES[0]:g}–"
             f"{STRETCH_PERCENTILES[1]:g} % percentiles of the valid pixels)"
@@ -252,8 +289,6 @@ def read_rgb(
     if not quiet:
         for n in notes:
             _note(n)
-    rgb = np.ascontiguousarray(np.moveaxis(data, 0, -1))
-    rgb[~valid] = 0
     return rgb, valid
 
 
