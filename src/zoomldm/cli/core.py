@@ -279,6 +279,11 @@ def demo(
     steps: int = typer.Option(None, "--steps", help="default 50 (10 for a random stand-in model)"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1, …"),
+    domain: str = typer.Option(
+        "pathology",
+        "--domain",
+        help="pathology (default: H&E, 8 levels) or satellite (aerial, 4 levels; embedded-naip offline)",
+    ),
 ) -> None:
     """The main job: patches at every magnification from a real image's embeddings, then a large image.
 
@@ -286,6 +291,15 @@ def demo(
     and runs the same pipeline on the package's embedded small model (trained on one H&E image; see
     zoomldm/assets/tiny_brca/MODEL_CARD.md). A --checkpoint that cannot be loaded is an error (exit 2).
     """
+    if domain == "satellite":  # patches at 4 levels, a large image at 1x, a real Sentinel-2 super-resolution
+        from ..demo_satellite import run_satellite_demo
+
+        run_satellite_demo(checkpoint, out, steps=steps, seed=seed, device=resolve_device(device))
+        return
+    if domain != "pathology":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--domain must be pathology or satellite; got {domain!r}")
     from ..demo import run_demo
 
     run_demo(checkpoint, out, steps=steps, seed=seed, device=resolve_device(device))
