@@ -76,3 +76,58 @@ def test_generate_on_the_satellite_domain_writes_a_cog_without_georeference(tmp_
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # synthetic: none, as meant
         with rasterio.open(out) as dst:
             assert dst.crs is None and (dst.width, dst.height) == (512, 512)
+
+
+@pytest.mark.parametrize(
+    ("bands", "nodata", "message"),
+    [
+        (2, None, "2 bands that are not grey + alpha"),
+        (3, 0, "every pixel is nodata"),
+    ],
+)
+def test_bad_satellite_inputs_are_one_line(
+    tmp_path, capsys, small_checkpoint, small_config, bands, nodata, message
+):
+    """`zoomldm superres` of a GeoTIFF it cannot use: exit 2 and one line naming the file, no traceback."""
+    from affine import Affine
+
+    from _fixtures import run_cli
+
+    path = tmp_path / "bad.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=bands, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(*TRANSFORM), nodata=nodata) as dst:  # fmt: skip
+        dst.write(np.zeros((bands, 128, 128), np.uint8))
+    code, _, err = run_cli(
+        ["superres", str(path), "--from", "10x", "--checkpoint", str(small_checkpoint), "--config",
+         str(small_config), "--out", str(tmp_path / "o.tif")],
+        capsys,
+    )  # fmt: skip
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0] and "bad.tif" in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_cli_superres_of_a_uint16_geotiff(tmp_path, capsys, small_checkpoint, small_config, data_dir):
+    """A uint16 reflectance GeoTIFF (as Sentinel-2 L2A ships): stretched to 8 bits in one note line, then
+    super-resolved into a georeferenced COG by the command line."""
+    from affine import Affine
+
+    from _fixtures import run_cli
+
+    scene = tifffile.imread(data_dir / "sentinel2_rgb.tif")[:128, :128]
+    refl = (np.moveaxis(scene, -1, 0).astype(np.uint16) * 40 + 100).astype(np.uint16)
+    path = tmp_path / "l2a.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=3, dtype="uint16",
+                       crs="EPSG:32633", transform=Affine(*TRANSFORM)) as dst:  # fmt: skip
+        dst.write(refl)
+    out = tmp_path / "l2a_20x.tif"
+    code, _, err = run_cli(
+        ["superres", str(path), "--from", "10x", "--checkpoint", str(small_checkpoint), "--config",
+         str(small_config), "--out", str(out), "--stride", "500", "--inner-steps", "1", "--inversion-steps", "1",
+         "--no-postprocess", "--decode-stride", "16"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert sum("uint16 bands stretched to 8 bits" in line for line in err.splitlines()) == 1, err
+    with rasterio.open(out) as dst:
+        assert dst.crs.to_epsg() == 32633 and dst.res == (5.0, 5.0) and validate_cog(out) == []

@@ -13,7 +13,7 @@ from ..devices import apply_speed_settings, resolve_device, resolve_rank_device 
 #: what ``--checkpoint`` omitted means, for every model command's help
 DEFAULT_RULE = (
     f"default: ${CHECKPOINT_ENV}, else {DEFAULT_CHECKPOINT} when cached or reachable, else the embedded "
-    f"offline model; '{EMBEDDED}' names that one"
+    f"offline model; '{EMBEDDED}' names that one, 'embedded-naip' the embedded aerial model"
 )
 
 

@@ -212,11 +212,17 @@ def superres(
 ) -> None:
     """Super-resolve a low-magnification image (e.g. 5x → 20x) by condition inversion + constrained sampling."""
     from ..fsutil import check_output
+    from ..io.geotiff import has_georeference, read_rgb
     from ..sampling.joint import plan_large_image
     from ..sampling.levels import parse_level
     from ..sampling.superres import load_lr_image
 
-    image = load_lr_image(lr_image, resize)  # a missing or damaged file is refused before loading the model
+    if has_georeference(lr_image):  # GeoTIFF: rasterio (bands, dtype, nodata), as pipe.super_resolve reads it
+        image = read_rgb(lr_image, quiet=True)[0]
+    else:
+        image = load_lr_image(
+            lr_image, resize
+        )  # a missing or damaged file is refused before loading the model
     if out is not None:
         check_output(out, "--out", overwrite=opts.overwrite)
     regions = _parse_region(region)

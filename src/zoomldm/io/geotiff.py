@@ -137,8 +137,10 @@ def transform_xy(transform: Any, col: float, row: float) -> tuple[float, float]:
     return a * col + b * row + c, d * col + e * row + f
 
 
-def read_geo_info(path: str | Path) -> GeoInfo:
-    """The georeference of ``path`` (see :class:`GeoInfo`); a file without a CRS has ``crs=None``."""
+def read_geo_info(path: str | Path, need_resolution: bool = True) -> GeoInfo:
+    """The georeference of ``path`` (see :class:`GeoInfo`); a file without a CRS has ``crs=None``. A
+    geographic CRS without a usable geotransform is an :class:`InputError` when ``need_resolution`` (the
+    ground resolution is then unknown), else ``resolution_m=None``."""
     rasterio = _rasterio()
     path = Path(path)
     import warnings
@@ -150,7 +152,11 @@ def read_geo_info(path: str | Path) -> GeoInfo:
                 crs, t = src.crs, src.transform
                 res = None
                 if crs is not None:
-                    res = ground_resolution_m(crs, t, src.height, src.width, f"{path.name}: ")
+                    try:
+                        res = ground_resolution_m(crs, t, src.height, src.width, f"{path.name}: ")
+                    except InputError:
+                        if need_resolution:
+                            raise
                 return GeoInfo(
                     crs.to_wkt() if crs is not None else None,
                     crs.to_epsg() if crs is not None else None,

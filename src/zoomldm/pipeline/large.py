@@ -294,7 +294,7 @@ def _geo_input(image: Any, resize: int | None):
             f"{Path(image).name} is georeferenced: --resize would break its geotransform; crop or resample "
             "it with GDAL (gdalwarp -tr) instead"
         )
-    return read_geo_info(image)
+    return read_geo_info(image, need_resolution=False)  # the output's georeference needs no m/px
 
 
 def _note_resolution(pipe, geo, magnification, name: str) -> None:
