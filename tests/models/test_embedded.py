@@ -163,3 +163,41 @@ def test_demo_offline_falls_back_to_the_embedded_model(capsys, monkeypatch):
     monkeypatch.setenv(embedded.CHECKPOINT_ENV, "models/missing")
     with pytest.raises(ZoomLDMError):
         load_demo_pipeline(None, "cpu")
+
+
+def test_shipped_aerial_model_matches_its_card_and_loads_by_name():
+    """``embedded-naip`` (issue 25): produced by the same script with ``--domain satellite``; every file is
+    the card's, it loads by its name wherever a checkpoint is taken and embeds with its own encoder."""
+    from zoomldm import ZoomLDMPipeline
+    from zoomldm.checkpoints import EMBEDDED_NAIP, embedded_name
+    from zoomldm.models.ssl import default_encoder
+
+    path = embedded_model_path(verify=False, name=EMBEDDED_NAIP)
+    assert path is not None, (
+        "zoomldm/assets/tiny_naip is missing (tools/train_embedded_model.py --domain satellite --install)"
+    )
+    table = verify_embedded_model(path)
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"MODEL_CARD.md"}
+    assert set(table) == {p for p in present if "__pycache__" not in p}
+    card = (path / "MODEL_CARD.md").read_text()
+    for needle in ("naip_001.jpg", "--domain satellite", "--config tiny-naip", "sentinel2_rgb.tif", "PSNR"):
+        assert needle in card, needle
+    pipe = ZoomLDMPipeline.from_pretrained(EMBEDDED_NAIP)
+    assert pipe.scales.domain == "satellite" and pipe.scales.names == ["1x", "2x", "3x", "4x"]
+    assert embedded_name(path) == EMBEDDED_NAIP and default_encoder(pipe) == EMBEDDED_NAIP
+
+
+def test_demo_satellite_runs_offline_on_the_aerial_model(tmp_path, capsys):
+    """``zoomldm demo --domain satellite`` (small steps): one line names the model; patches at all 4
+    levels, the large image and the Sentinel-2 super-resolution are written, both as COGs."""
+    from zoomldm.demo_satellite import run_satellite_demo
+    from zoomldm.io.geotiff import validate_cog
+
+    with one_thread():
+        summary = run_satellite_demo(None, tmp_path, steps=4, per_level=1, quick=True)
+    out = capsys.readouterr().out
+    assert out.count("embedded-naip") == 1 and "Sentinel-2" in out
+    assert set(summary["levels"]) == {"1x", "2x", "3x", "4x"}
+    for key in ("large_image", "super_resolution"):
+        assert validate_cog(summary[key]["path"]) == [], key
+    assert summary["super_resolution"]["metrics"]["psnr"] > 10
