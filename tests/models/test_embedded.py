@@ -194,10 +194,19 @@ def test_demo_satellite_runs_offline_on_the_aerial_model(tmp_path, capsys):
     from zoomldm.io.geotiff import validate_cog
 
     with one_thread():
-        summary = run_satellite_demo(None, tmp_path, steps=4, per_level=1, quick=True)
+        summary = run_satellite_demo(None, tmp_path, steps=2, per_level=1, quick=True)
     out = capsys.readouterr().out
     assert out.count("embedded-naip") == 1 and "Sentinel-2" in out
     assert set(summary["levels"]) == {"1x", "2x", "3x", "4x"}
     for key in ("large_image", "super_resolution"):
         assert validate_cog(summary[key]["path"]) == [], key
+    # generate with a satellite model: the COG layout, without georeference (the image is synthetic)
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(summary["large_image"]["path"]) as dst:
+            assert dst.crs is None and (dst.width, dst.height) == (512, 512)
     assert summary["super_resolution"]["metrics"]["psnr"] > 10

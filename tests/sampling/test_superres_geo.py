@@ -5,8 +5,6 @@ compat model (64² patches) and a GeoTIFF made from the real Sentinel-2 scene wi
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import rasterio
@@ -55,27 +53,6 @@ def test_a_region_keeps_its_place_on_the_map(compat_pipe, geotiff, tmp_path):
         assert dst.bounds.left == pytest.approx(500_000.0 + 64 * 5.0)
         assert dst.bounds.top == pytest.approx(5_200_000.0 - 128 * 5.0)
         assert (dst.width, dst.height) == (128, 64)
-
-
-def test_generate_on_the_satellite_domain_writes_a_cog_without_georeference(tmp_path):
-    from zoomldm import ZoomLDMPipeline
-
-    pipe = ZoomLDMPipeline.from_config("tiny-naip")
-    grid = np.random.default_rng(0).standard_normal((pipe.config.ssl_channels, 2, 2)).astype(np.float32)
-    out = tmp_path / "naip.tif"
-    import torch
-
-    result = pipe.generate_large(
-        torch.from_numpy(grid), guide="2x", out=out, progress=False, t0=100, stride=100, inner_steps=0,
-        no_postprocess=True, decode_stride=16,
-    )  # fmt: skip
-    assert validate_cog(out) == [] and result.settings["georeference"] == {
-        "layout": "cloud-optimized GeoTIFF"
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # synthetic: none, as meant
-        with rasterio.open(out) as dst:
-            assert dst.crs is None and (dst.width, dst.height) == (512, 512)
 
 
 @pytest.mark.parametrize(
