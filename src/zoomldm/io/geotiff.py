@@ -249,8 +249,7 @@ def read_window(
     data = src.read(order, **kw)
     mask_kw = {"window": window, "out_shape": tuple(out_shape) if out_shape is not None else None}
     if alpha is not None:
-        a_kw = {"window": window, "out_shape": tuple(out_shape) if out_shape is not None else None}
-        valid = src.read(alpha, **a_kw) > 0
+        valid = src.read(alpha, **mask_kw) > 0
     else:
         valid = src.dataset_mask(**mask_kw) > 0  # nodata in every band, or the internal mask
     if limits is not None:

@@ -51,7 +51,31 @@ def _norm(key: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(out)
 
 
-class SSLGridFile:
+class _LazyGrid:
+    """What both lazily read grids share: ``shape`` (set by the subclass), slicing by box (the
+    subclass's ``__getitem__``) and the tensor methods callers use, which return the grid itself."""
+
+    shape: torch.Size
+
+    def dim(self) -> int:
+        return 3
+
+    def float(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def bands(self) -> Iterator[torch.Tensor]:
+        """The grid by channel bands of at most :data:`SCAN_BYTES` (C-order: their bytes concatenate to
+        the grid's)."""
+        C, h, w = self.shape
+        per = max(1, SCAN_BYTES // max(h * w * 4, 1))
+        for c in range(0, C, per):
+            yield self[c : c + per]
+
+
+class SSLGridFile(_LazyGrid):
     """A ``[C, h, w]`` SSL grid in a ``.npy`` or ``.safetensors`` file, read by box (module docstring).
 
     Behaves as a read-only float32 tensor for slicing, ``shape``, ``dim()``, ``float()`` and ``cpu()``
@@ -111,32 +135,15 @@ class SSLGridFile:
                 return torch.from_numpy(np.array(box, dtype=np.float32))  # a copy: the map can go
             return box.float().clone()
 
-    def dim(self) -> int:
-        return 3
-
-    def float(self) -> SSLGridFile:
-        return self
-
-    def cpu(self) -> SSLGridFile:
-        return self
-
     def view(self, r0: int, r1: int, c0: int, c1: int) -> GridView:
         """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of the grid, read lazily."""
         return GridView(self, r0, r1, c0, c1)
-
-    def bands(self) -> Iterator[torch.Tensor]:
-        """The grid by channel bands of at most :data:`SCAN_BYTES` (C-order: their bytes concatenate to
-        the grid's)."""
-        C, h, w = self.shape
-        per = max(1, SCAN_BYTES // max(h * w * 4, 1))
-        for c in range(0, C, per):
-            yield self[c : c + per]
 
     def __repr__(self) -> str:
         return f"SSLGridFile({str(self.path)!r}, shape={list(self.shape)})"
 
 
-class GridView:
+class GridView(_LazyGrid):
     """A lazily read ``[C, r1 − r0, c1 − c0]`` window of a grid (tensor or :class:`SSLGridFile`)."""
 
     def __init__(self, grid: Any, r0: int, r1: int, c0: int, c1: int) -> None:
@@ -149,23 +156,8 @@ class GridView:
         ws = slice(self.c0 + w.start, self.c0 + w.stop)
         return self.grid[c, rs, ws]
 
-    def dim(self) -> int:
-        return 3
-
-    def float(self) -> GridView:
-        return self
-
-    def cpu(self) -> GridView:
-        return self
-
     def view(self, r0: int, r1: int, c0: int, c1: int) -> GridView:
         return GridView(self.grid, self.r0 + r0, self.r0 + r1, self.c0 + c0, self.c0 + c1)
-
-    def bands(self) -> Iterator[torch.Tensor]:
-        C, h, w = self.shape
-        per = max(1, SCAN_BYTES // max(h * w * 4, 1))
-        for c in range(0, C, per):
-            yield self[c : c + per]
 
 
 class _Reader:
@@ -195,7 +187,7 @@ class _Reader:
 
 def is_lazy_grid(grid: Any) -> bool:
     """Whether ``grid`` is read from disk by block (:class:`SSLGridFile` or :class:`GridView`)."""
-    return isinstance(grid, SSLGridFile | GridView)
+    return isinstance(grid, _LazyGrid)
 
 
 def materialize_grid(grid: Any) -> torch.Tensor:
